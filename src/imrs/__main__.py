@@ -1,0 +1,3 @@
+from imrs.cli import main
+
+raise SystemExit(main())

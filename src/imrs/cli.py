@@ -1,0 +1,74 @@
+"""The `imrs` command: `imrs serve`, `imrs check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from imrs import __version__
+from imrs.config import ConfigError, check_config_main, default_settings, load_config, with_overrides
+from imrs.zone.parse import ZoneFileError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imrs", description="A DNS root server instance.")
+    parser.add_argument("--version", action="version", version=f"imrs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the root zone (the embedded copy unless --zone or --config say otherwise)")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument("--zone", metavar="FILE", action="append", help="master file to serve (repeatable; replaces configured zones)")
+    serve.add_argument(
+        "--listen", metavar="ADDR:PORT", action="append",
+        help="address to listen on, e.g. 127.0.0.1:5300 or [::1]:5300 (repeatable; replaces the default listeners)",
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override the configured log level")
+
+    check = sub.add_parser("check-config", help="check a configuration file and report every error with file, line and key")
+    check.add_argument("file")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s imrs[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from imrs.serve.server import StartupError, serve
+
+    try:
+        settings = load_config(args.config) if args.config else default_settings()
+        settings = with_overrides(settings, listen=args.listen, zones=args.zone)
+    except ConfigError as exc:
+        print(f"imrs: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level or settings.log_level)
+    try:
+        serve(settings)
+    except ZoneFileError as exc:
+        print(f"imrs: zone error: {exc}", file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        print(f"imrs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return check_config_main(args.file)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

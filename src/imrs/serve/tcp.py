@@ -1,0 +1,110 @@
+"""DNS over TCP (RFC 7766): two-octet framing, pipelining, idle timeout, a connection cap.
+
+Each connection is one asyncio task that reads framed queries and writes responses in
+order.  A client that goes quiet for ``idle_timeout`` seconds, sends a half message, or
+does not read its responses (the write buffer stays full past the timeout) is closed;
+connections over ``max_connections`` are closed on accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from imrs.serve.snapshot import SnapshotHolder
+from imrs.serve.udp import ServeStats
+
+log = logging.getLogger("imrs.tcp")
+
+
+class TcpListener:
+    """One listening TCP socket and its connections."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        holder: SnapshotHolder,
+        stats: ServeStats,
+        *,
+        idle_timeout: float = 10.0,
+        max_connections: int = 1000,
+        max_queries: int = 0,
+    ):
+        self.sock = sock
+        self.holder = holder
+        self.stats = stats
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_queries = max_queries
+        self.ipv6 = sock.family == socket.AF_INET6
+        self.active: set[asyncio.Task] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self._last_error_log = 0.0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, sock=self.sock, limit=65536 + 2)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.active):
+            task.cancel()
+        if self.active:
+            await asyncio.gather(*self.active, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.active) >= self.max_connections:
+            self.stats.tcp_refused += 1
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        self.active.add(task)
+        self.stats.tcp_connections += 1
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.active.discard(task)
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    prefix = await reader.readexactly(2)
+                    length = (prefix[0] << 8) | prefix[1]
+                    wire = await reader.readexactly(length) if length else b""
+            except TimeoutError:
+                self.stats.tcp_timeouts += 1
+                return
+            except asyncio.IncompleteReadError:
+                return  # the client closed, perhaps mid-message
+            self.stats.tcp_queries += 1
+            try:
+                response = self.holder.current.answer(wire, True, self.ipv6)
+            except Exception:
+                self._internal_error()
+                return
+            if response is not None:
+                writer.write(len(response).to_bytes(2, "big") + response)
+                if writer.transport.get_write_buffer_size() > 65536:
+                    async with asyncio.timeout(self.idle_timeout):
+                        await writer.drain()  # a client that does not read is dropped
+            served += 1
+            if self.max_queries and served >= self.max_queries:
+                async with asyncio.timeout(self.idle_timeout):
+                    await writer.drain()
+                return
+
+    def _internal_error(self) -> None:
+        self.stats.internal_errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.exception("internal error answering a TCP query (further ones are counted, logged every 10 s)")

@@ -1,0 +1,110 @@
+"""Master files → ZoneData.
+
+Parsing sits behind :func:`load_zone_file` (and :func:`parse_zone_text`) so that a faster
+parser can replace dnspython's later without touching callers.  Every failure becomes a
+:class:`ZoneFileError` that names the file and, where known, the line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import os
+import re
+
+import dns.exception
+import dns.name
+import dns.zone
+
+from imrs.zone.data import ZoneData, ZoneDataError, build_zone_data
+
+#: The embedded default: the newest test root zone, shipped inside the package.
+EMBEDDED_ROOT = "embedded:root.zone"
+
+
+class ZoneFileError(Exception):
+    """A zone file could not be read or parsed."""
+
+    def __init__(self, file: str, line: int | None, message: str):
+        self.file = file
+        self.line = line
+        self.message = message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {message}")
+
+
+_LINE_RE = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<msg>.*)$", re.S)
+
+
+_SOA_OWNER_RE = re.compile(r"^(\S*\.)\s.*?\bSOA\b", re.M | re.I)
+
+
+def guess_origin(text: str) -> str | None:
+    """The zone's origin when the file has no $ORIGIN: the owner of its first SOA record."""
+    match = _SOA_OWNER_RE.search(text)
+    return match.group(1) if match else None
+
+
+def parse_zone_text(text: str, source: str, origin: str | None = None) -> ZoneData:
+    """Parse master-file text into ZoneData; ``source`` names it in errors."""
+    if origin is None and "$ORIGIN" not in text.upper():
+        origin = guess_origin(text)
+    try:
+        zone = dns.zone.from_text(
+            text,
+            origin=dns.name.from_text(origin) if origin else None,
+            relativize=False,
+            filename=source,
+            check_origin=True,
+        )
+    except dns.exception.SyntaxError as exc:
+        match = _LINE_RE.match(str(exc))
+        if match:
+            raise ZoneFileError(source, int(match["line"]), match["msg"]) from None
+        raise ZoneFileError(source, None, str(exc)) from None
+    except dns.zone.NoSOA:
+        raise ZoneFileError(source, None, "no SOA record at the zone apex") from None
+    except dns.zone.NoNS:
+        raise ZoneFileError(source, None, "no NS RRset at the zone apex") from None
+    except dns.exception.DNSException as exc:
+        raise ZoneFileError(source, None, str(exc) or type(exc).__name__) from None
+    except (UnicodeError, ValueError) as exc:
+        raise ZoneFileError(source, None, str(exc)) from None
+    try:
+        return build_zone_data(zone, source)
+    except ZoneDataError as exc:
+        raise ZoneFileError(source, None, str(exc).removeprefix(f"{source}: ")) from None
+
+
+def read_zone_source(path: str) -> str:
+    """The text of a zone file (plain or gzip), or of the embedded default."""
+    try:
+        if path == EMBEDDED_ROOT:
+            blob = importlib.resources.files("imrs").joinpath("data/root.zone.gz").read_bytes()
+            return gzip.decompress(blob).decode("utf-8")
+        with open(path, "rb") as fh:
+            blob = fh.read()
+        if blob[:2] == b"\x1f\x8b":
+            blob = gzip.decompress(blob)
+        return blob.decode("utf-8")
+    except FileNotFoundError:
+        raise ZoneFileError(path, None, "no such file") from None
+    except IsADirectoryError:
+        raise ZoneFileError(path, None, "is a directory, not a zone file") from None
+    except PermissionError:
+        raise ZoneFileError(path, None, "permission denied") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ZoneFileError(path, None, f"cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        line = blob[: exc.start].count(b"\n") + 1
+        raise ZoneFileError(path, line, "not UTF-8 text") from None
+
+
+def load_zone_file(path: str | os.PathLike, origin: str | None = None) -> ZoneData:
+    """Read and parse one master file (``EMBEDDED_ROOT`` for the shipped root zone)."""
+    path = os.fspath(path)
+    text = read_zone_source(path)
+    if origin is None and path == EMBEDDED_ROOT:
+        origin = "."
+    return parse_zone_text(text, path, origin)
+
