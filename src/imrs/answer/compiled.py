@@ -25,7 +25,7 @@ import struct
 import dns.name
 import dns.rdatatype
 
-from imrs.answer.engine import Plan, plan_answer
+from imrs.answer.engine import Plan, Section, plan_answer
 from imrs.answer.query import AA, QR, TC
 from imrs.answer.render import render_plan
 from imrs.answer.respond import UDP_DEFAULT_MAX, Responder
@@ -40,7 +40,7 @@ _SHAPE_CACHE_LIMIT = 400_000  # rendered shapes kept before the cache starts afr
 class AnswerClass:
     """One distinct answer (e.g. 'referral to com.'), for every DO/transport variant."""
 
-    __slots__ = ("qname", "qtype", "anchor", "base", "plans", "shapes")
+    __slots__ = ("qname", "qtype", "anchor", "base", "plans", "variants")
 
     def __init__(self, qname: Name, qtype: int, anchor: Name | None = None, base: "AnswerClass | None" = None):
         self.qname = qname  # a representative question
@@ -48,7 +48,7 @@ class AnswerClass:
         self.anchor = anchor  # compression anchor when it differs from the representative's
         self.base = base  # same content as this class, other anchor
         self.plans: list[Plan | None] = [None, None, None, None]  # index: do + 2 * ipv6
-        self.shapes: dict[int, tuple] = {}
+        self.variants: list[Variant | None] = [None, None, None, None]  # index: do + 2 * ipv6
 
 
 class NameEntry:
@@ -74,17 +74,20 @@ class CompiledAnswers:
         self._shape_count = 0
         self._classes: list[AnswerClass] = []
         edns = self.options.edns_buffer_size
+        # [do][has_opt]: the OPT record to append (RFC 6891), echoing DO.
         self._opt = (
-            b"\x00\x00\x29" + struct.pack("!H", edns) + b"\x00\x00\x00\x00\x00\x00",
-            b"\x00\x00\x29" + struct.pack("!H", edns) + b"\x00\x00\x80\x00\x00\x00",
+            (b"", b"\x00\x00\x29" + struct.pack("!H", edns) + b"\x00\x00\x00\x00\x00\x00"),
+            (b"", b"\x00\x00\x29" + struct.pack("!H", edns) + b"\x00\x00\x80\x00\x00\x00"),
         )
         self._edns_size = edns
         for zone in reference.zones:
             self._compile_zone(zone)
+        # Render every distinct answer for IPv4 now; IPv6 variants and answers compressed
+        # against deeper names (glue owners) are rendered on first use.
         for answer_class in self._classes:
             if answer_class.base is None:
                 for do in (0, 1):
-                    self._plan(answer_class, do, False)
+                    self._variant(answer_class, do)
 
     @property
     def name_count(self) -> int:
@@ -170,9 +173,9 @@ class CompiledAnswers:
             return None  # too short, a response, an opcode other than QUERY, or an rcode
         counts = wire[4:12]
         if counts == _HEADER_ONE_QUESTION:
-            has_opt = False
+            has_opt = 0
         elif counts == _HEADER_ONE_QUESTION_OPT:
-            has_opt = True
+            has_opt = 1
         else:
             return None
         pos = 12
@@ -201,18 +204,16 @@ class CompiledAnswers:
             if wire[end + 6] != 0 or wire[end + 9] != 0 or wire[end + 10] != 0:
                 return None  # EDNS version > 0, or options present
             do = wire[end + 7] >> 7
-            opt = self._opt[do]
             if tcp:
-                maxlen = 65535
+                limit = 65535 - 11
             else:
                 payload = (wire[end + 3] << 8) | wire[end + 4]
-                maxlen = (payload if payload < self._edns_size else self._edns_size) if payload > UDP_DEFAULT_MAX else UDP_DEFAULT_MAX
+                limit = (payload if payload < self._edns_size else self._edns_size) - 11 if payload > UDP_DEFAULT_MAX else UDP_DEFAULT_MAX - 11
         else:
             if n != end:
                 return None
             do = 0
-            opt = b""
-            maxlen = 65535 if tcp else UDP_DEFAULT_MAX
+            limit = 65535 if tcp else UDP_DEFAULT_MAX
         lname = wire[12:qend].lower()
         entry = self.names.get(lname)
         if entry is not None:
@@ -233,28 +234,226 @@ class CompiledAnswers:
                 answer_class = gaps[bisect.bisect_right(entry.gap_labels, label)]
         if answer_class is None:
             return None
-        key = (qend - 12) | (maxlen << 8) | (tcp << 25) | (has_opt << 26) | (do << 27) | (ipv6 << 28)
-        shape = answer_class.shapes.get(key)
-        if shape is None:
-            shape = self._render(answer_class, wire[12:end], maxlen - len(opt), tcp, ipv6, do, opt)
-            answer_class.shapes[key] = shape
+        index = do + 2 * ipv6
+        variant = answer_class.variants[index] or self._variant(answer_class, index)
+        qlen = qend - 12
+        if variant.fits(end, limit, tcp):
+            if variant.pointers:
+                shape = variant.moved.get(qlen)
+                if shape is None:
+                    shape = variant.moved[qlen] = variant.relocate(qlen)
+            else:
+                shape = variant.full
+        else:
+            key = qlen | (limit << 8) | (tcp << 25)
+            shape = variant.cut.get(key)
+            if shape is None:
+                shape = variant.cut[key] = self._cut(answer_class, variant, wire[12:end], limit, tcp, ipv6, do)
         rdcd = (wire[2] & 1) | ((wire[3] >> 3) & 2)
-        return wire[:2] + shape[0][rdcd] + wire[12:end] + shape[1]
+        return wire[:2] + shape[0][has_opt][rdcd] + wire[12:end] + shape[1] + self._opt[do][has_opt]
 
-    def _render(self, answer_class: AnswerClass, question: bytes, limit: int, tcp: bool, ipv6: bool, do: int, opt: bytes) -> tuple:
-        """Render one shape with the reference encoder: header tails for the 4 RD/CD combinations, and body+OPT."""
+    # -- variants and shapes ---------------------------------------------------------------
+    def _variant(self, answer_class: AnswerClass, index: int) -> "Variant":
+        """Render an answer class in full once, with the question being its anchor name."""
+        do, ipv6 = index & 1, bool(index & 2)
+        plan = self._plan(answer_class, do, ipv6)
+        question = plan.anchor.to_wire() + b"\x00\x01\x00\x01"
+        full = self.reference.render(plan, question, 65535, True, ipv6, bool(do))
+        variant = Variant(plan, full, len(question) - 4, self.reference.minimal_cap(ipv6))
+        answer_class.variants[index] = variant
+        return variant
+
+    def _cut(self, answer_class: AnswerClass, variant: "Variant", question: bytes, limit: int, tcp: bool, ipv6: bool, do: int) -> tuple:
+        """A response that does not fit whole: select what fits, as the reference encoder would."""
         self._shape_count += 1
         if self._shape_count > _SHAPE_CACHE_LIMIT:
             for other in self._classes:
-                other.shapes.clear()
+                for v in other.variants:
+                    if v is not None:
+                        v.cut.clear()
+                        v.moved.clear()
             self._shape_count = 1
-        plan = self._plan(answer_class, do, ipv6)
-        out = self.reference.render(plan, question, limit, tcp, ipv6, bool(do))
-        flags = QR | plan.rcode | (AA if plan.aa else 0) | (TC if out.tc else 0)
-        an, ns, ar = out.counts
-        ar += 1 if opt else 0
-        tails = tuple(
-            struct.pack("!HHHHH", flags | (0x0100 if rdcd & 1 else 0) | (0x0010 if rdcd & 2 else 0), 1, an, ns, ar)
+        if variant.pieces is not None:
+            return variant.select(len(question) - 4, limit, tcp)
+        out = self.reference.render(variant.plan, question, limit, tcp, ipv6, bool(do))
+        return _tails(variant.plan, out.counts, out.tc), out.body
+
+
+def _tails(plan: Plan, counts: tuple[int, int, int], tc: bool) -> tuple:
+    """Header bytes after the ID: [with OPT][RD | CD<<1] -> flags and the four counts."""
+    flags = QR | plan.rcode | (AA if plan.aa else 0) | (TC if tc else 0)
+    key = (flags, counts)
+    tails = _TAILS.get(key)
+    if tails is None:
+        tails = _TAILS[key] = _make_tails(flags, counts)
+    return tails
+
+
+_TAILS: dict[tuple, tuple] = {}  # few distinct headers: shared by every variant
+
+
+def _make_tails(flags: int, counts: tuple[int, int, int]) -> tuple:
+    an, ns, ar = counts
+    return tuple(
+        tuple(
+            struct.pack("!HHHHH", flags | (0x0100 if rdcd & 1 else 0) | (0x0010 if rdcd & 2 else 0), 1, an, ns, ar + has_opt)
             for rdcd in range(4)
         )
-        return tails, out.body + opt
+        for has_opt in (0, 1)
+    )
+
+
+_COMPRESSED_AT_START = (T.NS, T.CNAME, T.PTR)
+_MAY_COMPRESS = (T.NS, T.CNAME, T.PTR, T.MX, T.SOA, T.AMTRELAY)
+
+
+def _name_pointers(body: bytes, pos: int, out: list[int]) -> int:
+    """Walk a name at ``pos``; note where a compression pointer is; return the offset after it."""
+    while True:
+        length = body[pos]
+        if length >= 0xC0:
+            out.append(pos)
+            return pos + 2
+        if length == 0:
+            return pos + 1
+        pos += length + 1
+
+
+def find_pointers(body: bytes) -> list[int] | None:
+    """Offsets of every compression pointer in a run of records (None: a type we can't walk)."""
+    out: list[int] = []
+    pos = 0
+    while pos < len(body):
+        pos = _name_pointers(body, pos, out)
+        rdtype, _rdclass, _ttl, rdlen = struct.unpack_from("!HHIH", body, pos)
+        pos += 10
+        if rdtype in _COMPRESSED_AT_START:
+            _name_pointers(body, pos, out)
+        elif rdtype == T.MX:
+            _name_pointers(body, pos + 2, out)
+        elif rdtype == T.SOA:
+            _name_pointers(body, _name_pointers(body, pos, out), out)
+        elif rdtype in _MAY_COMPRESS:
+            return None
+        pos += rdlen
+    return out
+
+
+class Variant:
+    """One answer class rendered in full for one (DO, IPv4/IPv6) case, and its shapes.
+
+    The full rendering has the anchor as question name.  A longer question moves every
+    compression pointer by the same amount (all point at the question's anchor or later),
+    so a shape that fits whole is the full body with its pointers moved; a shape that does
+    not fit keeps the same pieces NSD's rules keep (see :mod:`imrs.answer.render`).
+    """
+
+    __slots__ = ("plan", "full", "pointers", "walkable", "pieces", "qlen0", "body_len", "required_len", "cap", "moved", "cut", "delegation")
+
+    def __init__(self, plan: Plan, rendered, qlen0: int, cap: int):
+        self.plan = plan
+        self.qlen0 = qlen0
+        self.cap = cap
+        body = rendered.body
+        self.full = (_tails(plan, rendered.counts, rendered.tc), body)
+        self.body_len = len(body)
+        self.delegation = plan.delegation is not None
+        self.moved: dict[int, tuple] = {}
+        self.cut: dict[int, tuple] = {}
+        base = 12 + qlen0 + 4
+        pointers = find_pointers(body)
+        self.walkable = pointers is not None
+        self.pointers = pointers or []
+        # Pieces, in encoding order: (section, bytes, record count, in-domain glue, pointer offsets).
+        order = sorted((i for i, e in enumerate(plan.entries) if rendered.kept[i]), key=lambda i: rendered.spans[i][0])
+        pieces = []
+        optional_start = None
+        for i in order:
+            entry = plan.entries[i]
+            lo, hi = rendered.spans[i]
+            ptrs = [p - lo for p in (pointers or ()) if lo <= p < hi]
+            pieces.append((entry.section, body[lo:hi], _count(entry, plan), entry.in_domain_glue, ptrs))
+            if not entry.section.required and optional_start is None:
+                optional_start = lo
+        self.required_len = optional_start if optional_start is not None else len(body)
+        self.pieces = pieces
+        # Selecting pieces is safe only if no pointer leads into optional pieces (which may go).
+        if pointers is None or len(order) != len(plan.entries) or rendered.tc:
+            self.pieces = None
+        elif optional_start is not None:
+            for p in pointers:
+                target = ((body[p] & 0x3F) << 8 | body[p + 1]) - base
+                if target >= optional_start:
+                    self.pieces = None
+                    break
+
+    def fits(self, end: int, limit: int, tcp: bool) -> bool:
+        """Does the whole body fit after a question ending at ``end`` (and can it be moved)?"""
+        if tcp or self.required_len == self.body_len:
+            return end + self.body_len <= limit and self.walkable
+        return end + self.body_len <= (limit if limit < self.cap else self.cap) and self.walkable
+
+    def relocate(self, qlen: int) -> tuple:
+        """The full body for a question name of ``qlen`` octets."""
+        return self.full[0], _move_pointers(self.full[1], self.pointers, qlen - self.qlen0)
+
+    def select(self, qlen: int, limit: int, tcp: bool) -> tuple:
+        """NSD's rules over precomputed pieces (must match imrs.answer.render.render_plan)."""
+        delta = qlen - self.qlen0
+        pos = 12 + qlen + 4
+        udp = not tcp
+        pieces = self.pieces
+        counts = [0, 0, 0]
+        kept = [False] * len(pieces)
+        chunks = []
+        tc = False
+        current = None
+        done_section = None
+        section_count = 0
+        for i, (section, data, count, _in_domain, ptrs) in enumerate(pieces):
+            if section != current:
+                if done_section is not None:
+                    break
+                current = section
+                section_count = 0
+            end = pos + len(data)
+            if udp and section >= Section.OPTIONAL_AUTHORITY and (end > limit or end > self.cap):
+                done_section = section
+                continue
+            if end > limit:
+                if section.required:
+                    tc = True
+                    break
+                continue
+            chunks.append(_move_pointers(data, ptrs, delta) if ptrs and delta else data)
+            kept[i] = True
+            counts[section.wire_section] += count
+            section_count += count
+            pos = end
+        if not tc and done_section == Section.ADDITIONAL_A and section_count == 0 and self.delegation:
+            tc = True
+        if not tc and self.delegation:
+            tc = any(piece[3] and not kept[i] for i, piece in enumerate(pieces))
+        return _tails(self.plan, (counts[0], counts[1], counts[2]), tc), b"".join(chunks)
+
+
+def _move_pointers(data: bytes, pointers: list[int], delta: int) -> bytes:
+    """``data`` with each compression pointer at ``pointers`` moved by ``delta`` octets."""
+    out = bytearray(data)
+    for p in pointers:
+        value = ((out[p] << 8) | out[p + 1]) + delta
+        if not 0xC000 <= value <= 0xFFFF:
+            raise OverflowError("compression pointer out of range")
+        out[p] = value >> 8
+        out[p + 1] = value & 0xFF
+    return bytes(out)
+
+
+def _count(entry, plan: Plan) -> int:
+    """Records an entry adds to its section: the RRset(s) and, with DO, the signatures."""
+    n = sum(len(r) for r in entry.rrsets)
+    if entry.sigs is not None:
+        n += len(entry.sigs)
+    return n
+
+

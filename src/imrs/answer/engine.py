@@ -135,20 +135,6 @@ class ZoneSet:
         return best
 
 
-def _sigs(zone: ZoneData, owner: Name, rdtype: int, ttl: int | None = None) -> RRset | None:
-    node = zone.nodes.get(owner)
-    if node is None:
-        return None
-    sigs = node.sigs.get(rdtype)
-    if sigs is None or ttl is None or sigs.ttl == ttl:
-        return sigs
-    out = dns.rrset.RRset(sigs.name, sigs.rdclass, sigs.rdtype, sigs.covers)
-    out.update_ttl(ttl)
-    for rd in sigs:
-        out.add(rd)
-    return out
-
-
 class _Builder:
     """One question's answer, built step by step as NSD's answer_lookup_zone does."""
 
@@ -162,8 +148,10 @@ class _Builder:
         self.plan = Plan(anchor=zones.anchor(qname))
 
     # -- adding RRsets -----------------------------------------------------------------
-    def add(self, zone: ZoneData, section: Section, rrset: RRset, sig_ttl: int | None = None) -> bool:
-        sigs = _sigs(zone, rrset.name, rrset.rdtype, sig_ttl) if self.do and zone.secure else None
+    def add(self, zone: ZoneData, section: Section, rrset: RRset, sigs: RRset | None = None) -> bool:
+        if sigs is None and self.do and zone.secure:
+            node = zone.nodes.get(rrset.name)
+            sigs = node.sigs.get(rrset.rdtype) if node is not None else None
         added = self.plan.add(section, (rrset,), sigs)
         if rrset.rdtype == T.NS:
             self.add_glue(zone, rrset)
@@ -292,8 +280,8 @@ class _Builder:
 
     def soa(self, zone: ZoneData) -> None:
         if self.qclass != ANY_CLASS:
-            soa = zone.negative_soa()
-            self.add(zone, Section.AUTHORITY, soa, sig_ttl=soa.ttl)
+            sigs = zone.negative_soa_sigs if self.do and zone.secure else None
+            self.add(zone, Section.AUTHORITY, zone.negative_soa, sigs)
 
     def nodata(self, zone: ZoneData, owner: Name) -> None:
         self.plan.kind = "nodata"

@@ -16,10 +16,10 @@ query name from the *anchor* (NSD's closest encloser) up, as NSD does.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 from imrs.answer.engine import Plan, Section
+from imrs.answer.wireformat import Labels, WireRRset, rollback, wire_rrset, write_rrset
 from imrs.zone.data import Name
 
 
@@ -31,18 +31,27 @@ class Rendered:
     counts: tuple[int, int, int]  # answer, authority, additional (no OPT)
     tc: bool
     kept: tuple[bool, ...]  # per plan entry: did it go into the message
+    spans: tuple[tuple[int, int], ...] = ()  # per plan entry: where it lies in body ((0, 0) if not kept)
 
 
-def anchor_offsets(qname_len: int, anchor: Name) -> dict[Name, int]:
+def anchor_offsets(qname_len: int, anchor: Name) -> dict[Labels, int]:
     """Compression targets inside the question: the anchor and its ancestors (not root)."""
-    offsets: dict[Name, int] = {}
+    offsets: dict[Labels, int] = {}
+    labels = tuple(label.lower() for label in anchor.labels[:-1])
     pos = 12 + qname_len - len(anchor.to_wire())
-    name = anchor
-    while len(name.labels) > 1:
-        offsets[name] = pos
-        pos += len(name.labels[0]) + 1
-        name = name.parent()
+    for i in range(len(labels)):
+        offsets[labels[i:]] = pos
+        pos += len(labels[i]) + 1
     return offsets
+
+
+def _wire(cache: dict, rrset) -> WireRRset:
+    hit = cache.get(id(rrset))
+    if hit is not None and hit[0] is rrset:
+        return hit[1]
+    wire = wire_rrset(rrset)
+    cache[id(rrset)] = (rrset, wire)  # the RRset is kept, so its id is not reused
+    return wire
 
 
 def render_plan(
@@ -55,13 +64,14 @@ def render_plan(
     do: bool,
 ) -> Rendered:
     """Encode ``plan`` after a header and ``question``; nothing may pass ``limit`` octets."""
-    out = io.BytesIO()
-    out.write(bytes(12))
-    out.write(question)
-    start = out.tell()
-    compress: dict[Name, int] = anchor_offsets(len(question) - 4, plan.anchor)
+    out = bytearray(12)
+    out += question
+    start = len(out)
+    compress = anchor_offsets(len(question) - 4, plan.anchor)
+    cache = plan.zone.wire_cache if plan.zone is not None else {}
     counts = [0, 0, 0]
     kept = [False] * len(plan.entries)
+    spans = [(0, 0)] * len(plan.entries)
     tc = False
     for section in Section:
         done = False
@@ -71,23 +81,24 @@ def render_plan(
                 break
             if entry.section != section:
                 continue
-            mark = out.tell()
+            mark = len(out)
             added = 0
             for rrset in entry.rrsets:
-                added += rrset.to_wire(out, compress, None, want_shuffle=False)
+                added += write_rrset(out, compress, _wire(cache, rrset))
             if do and entry.sigs is not None:
-                added += entry.sigs.to_wire(out, compress, None, want_shuffle=False)
-            end = out.tell()
+                added += write_rrset(out, compress, _wire(cache, entry.sigs))
+            end = len(out)
             if udp and section >= Section.OPTIONAL_AUTHORITY and (end > limit or end > minimal_cap):
-                _rollback(out, compress, mark)
+                rollback(out, compress, mark)
                 done = True
                 continue
             if end > limit:
-                _rollback(out, compress, mark)
+                rollback(out, compress, mark)
                 if section.required:
                     tc = True
                 continue
             kept[index] = True
+            spans[index] = (mark - start, end - start)
             counts[section.wire_section] += added
             section_count += added
         if tc:
@@ -98,11 +109,4 @@ def render_plan(
             break
     if plan.delegation is not None and not tc:
         tc = any(entry.in_domain_glue and not kept[i] for i, entry in enumerate(plan.entries))
-    return Rendered(out.getvalue()[start:], (counts[0], counts[1], counts[2]), tc, tuple(kept))
-
-
-def _rollback(out: io.BytesIO, compress: dict[Name, int], mark: int) -> None:
-    out.seek(mark)
-    out.truncate()
-    for name in [n for n, pos in compress.items() if pos >= mark]:
-        del compress[name]
+    return Rendered(bytes(out[start:]), (counts[0], counts[1], counts[2]), tc, tuple(kept), tuple(spans))

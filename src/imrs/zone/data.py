@@ -76,6 +76,12 @@ class ZoneData:
     nsec_keys: tuple[tuple[bytes, ...], ...]
     source: str = "<memory>"
     stats: Mapping[str, int] = field(default_factory=dict)
+    #: the SOA as sent in negative answers, TTL = min(SOA TTL, MINIMUM) (RFC 2308 section 3),
+    #: and its RRSIGs with the same TTL (as NSD sends them)
+    negative_soa: RRset | None = None
+    negative_soa_sigs: RRset | None = None
+    #: wire forms of this zone's RRsets, made on first use by the encoder (keyed by id)
+    wire_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     # -- convenience -------------------------------------------------------------------
     @property
@@ -94,18 +100,6 @@ class ZoneData:
     def secure(self) -> bool:
         """Signed with NSEC: DNSSEC records are added to answers for DO queries."""
         return dns.rdatatype.DNSKEY in self.apex.rrsets and bool(self.nsec_owners)
-
-    def negative_soa(self) -> RRset:
-        """The SOA as sent in negative answers: TTL = min(SOA TTL, MINIMUM) (RFC 2308)."""
-        soa = self.soa
-        ttl = min(soa.ttl, soa[0].minimum)
-        if ttl == soa.ttl:
-            return soa
-        out = dns.rrset.RRset(soa.name, soa.rdclass, soa.rdtype)
-        out.update_ttl(ttl)
-        for rd in soa:
-            out.add(rd)
-        return out
 
     def contains(self, name: Name) -> bool:
         return name.is_subdomain(self.origin)
@@ -199,6 +193,9 @@ def build_zone_data(zone: dns.zone.Zone, source: str = "<memory>") -> ZoneData:
             while name not in tree:
                 tree.add(name)
                 name = name.parent()
+    soa = nodes[origin].rrsets[dns.rdatatype.SOA]
+    negative_ttl = min(soa.ttl, soa[0].minimum)
+    soa_sigs = nodes[origin].sigs.get(dns.rdatatype.SOA)
     nsec = sorted(
         (owner for owner, node in nodes.items() if dns.rdatatype.NSEC in node.rrsets),
         key=canonical_key,
@@ -212,8 +209,20 @@ def build_zone_data(zone: dns.zone.Zone, source: str = "<memory>") -> ZoneData:
         nsec_owners=tuple(nsec),
         nsec_keys=tuple(canonical_key(n) for n in nsec),
         source=source,
+        negative_soa=_with_ttl(soa, negative_ttl),
+        negative_soa_sigs=_with_ttl(soa_sigs, negative_ttl) if soa_sigs is not None else None,
         stats=MappingProxyType({"names": len(nodes), "records": records, "delegations": len(delegations)}),
     )
+
+
+def _with_ttl(rrset: RRset, ttl: int) -> RRset:
+    if rrset.ttl == ttl:
+        return rrset
+    out = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
+    out.update_ttl(ttl)
+    out.update(rrset)
+    out.ttl = ttl
+    return out
 
 
 def zone_names(zones: Iterable[ZoneData]) -> list[str]:
