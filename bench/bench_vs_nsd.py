@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import statistics
 import subprocess
@@ -58,7 +59,7 @@ def parse_dnsperf(out: str) -> dict:
         if r[k] is not None:
             r[k] *= 1000.0
     rc = {}
-    m = bl.grab(r"Response codes:\s+(.*)$", out, str, "")
+    m = bl.grab(r"Response codes:[ \t]+([^\n]*)$", out, str, "")
     for part in m.split(","):
         f = part.split()
         if len(f) >= 2 and f[1].isdigit():
@@ -85,7 +86,8 @@ class Dnsperf:
             a.dnsperf, "-s", bl.HOST, "-p", str(port), "-B", "-d", str(a.queries),
             "-l", f"{seconds:g}", "-q", str(a.outstanding), "-c", str(a.clients),
             "-t", f"{a.timeout:g}", "-O", "suppress=timeout,unexpected",
-        ] + (["-b", str(a.bufsize)] if a.bufsize else []) + shlex.split(a.dnsperf_args)
+        ] + (["-b", str(a.bufsize)] if a.bufsize else []) + (
+            ["-Q", str(a.rate)] if a.rate else []) + shlex.split(a.dnsperf_args)
 
     def run(self, port: int, seconds: float) -> dict:
         argv = self.argv(port, seconds)
@@ -103,13 +105,19 @@ def measure(a, load, srv: bl.Server, rnd: int) -> dict:
     procs = srv.pin(a.server_cpu)  # again each run: catches threads/processes started late
     before = bl.cpu_snapshot(procs)
     core0 = bl.core_busy_ticks(a.server_cpu)
+    lcore0 = bl.core_busy_ticks(a.client_cpu)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     r = load.run(srv.port, a.duration)
+    lwall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lcore1 = bl.core_busy_ticks(a.client_cpu)
     time.sleep(a.settle)  # let the server finish what is still queued: its CPU counts too
     after = bl.cpu_snapshot(srv.tree())
     wall = time.monotonic() - t0
     core1 = bl.core_busy_ticks(a.server_cpu)
     cpu = bl.cpu_delta_seconds(before, after)
+    load_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     r.update(
         server=srv.label,
         round=rnd,
@@ -121,8 +129,40 @@ def measure(a, load, srv: bl.Server, rnd: int) -> dict:
         # busy time on the server core that was not the server (other load on the box)
         core_other=max(0.0, (core1 - core0) / bl.CLK_TCK - cpu) / wall,
         processes=len(after),
+        # the load generator: its CPU share, and other busy time on its core
+        load_cpu_util=load_cpu / lwall,
+        load_core_other=max(0.0, (lcore1 - lcore0) / bl.CLK_TCK - load_cpu) / lwall,
     )
     return r
+
+
+def count_queries(path: Path) -> int:
+    data = path.read_bytes()
+    n = o = 0
+    while o + 2 <= len(data):
+        o += 2 + int.from_bytes(data[o : o + 2], "big")
+        n += 1
+    return n
+
+
+def warm_up(a, load, srv: bl.Server) -> list[dict]:
+    """Unmeasured load in 2 s chunks until the server answered a.warmup passes over the query
+    file (or a.warmup_max seconds passed). Returns the chunks' figures (the warm-up curve)."""
+    target = a.warmup * count_queries(a.queries)
+    done, chunks, t0 = 0, [], time.monotonic()
+    srv.pin(a.server_cpu)
+    while done < target and time.monotonic() - t0 < a.warmup_max:
+        if not srv.alive():
+            raise RuntimeError(f"[{srv.label}] exited during warm-up:\n{srv.tail()}")
+        r = load.run(srv.port, 2)
+        if r["completed"] == 0:
+            raise RuntimeError(f"[{srv.label}] answered no query in 2 s of load; its log:\n"
+                               f"{srv.tail()}")
+        done += r["completed"]
+        chunks.append({"completed": r["completed"], "qps": r["qps"]})
+    bl.log(f"[{srv.label}] warm-up: {done} answered in {time.monotonic() - t0:.0f} s; q/s per"
+           f" 2 s chunk: {' '.join(str(round(c['qps'])) for c in chunks)}")
+    return chunks
 
 
 def fmt_row(label: str, rnd, r: dict) -> str:
@@ -190,8 +230,12 @@ def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsd", default="/usr/sbin/nsd")
     p.add_argument("-l", "--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("-r", "--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=float, default=2.0,
-                   help="unmeasured load seconds per server before round 1")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="before round 1, load each server (unmeasured, in 2 s chunks) until it"
+                        " has answered this many passes over the query file; imrs renders and"
+                        " keeps answer shapes on first use and needs ~5 passes to get steady")
+    p.add_argument("--warmup-max", type=float, default=120.0,
+                   help="seconds of warm-up at most, per server")
     p.add_argument("--settle", type=float, default=0.5,
                    help="seconds after the load ends before server CPU is read")
     p.add_argument("--server-cpu", type=int, default=0)
@@ -205,7 +249,7 @@ def common_args(p: argparse.ArgumentParser) -> None:
 
 def check_args(p: argparse.ArgumentParser, a) -> None:
     if a.quick:
-        a.duration, a.rounds, a.warmup = 2.0, 1, 1.0
+        a.duration, a.rounds, a.warmup = 2.0, 1, min(a.warmup, 1.0)
     if a.server_cpu == a.client_cpu:
         p.error("--server-cpu and --client-cpu must differ")
     for f in (a.zone, a.queries):
@@ -237,11 +281,10 @@ def run_benchmark(a, load, name: str, setup=None) -> int:
             bl.log(f"WARNING: servers report different SOA serials: {serials}")
 
         order = ["nsd", "imrs"] if a.nsd_first else ["imrs", "nsd"]
+        warmups = {}
         if a.warmup > 0:
             for n in order:
-                bl.log(f"[{n}] warm-up {a.warmup:g} s")
-                servers[n].pin(a.server_cpu)
-                load.run(servers[n].port, a.warmup)
+                warmups[n] = warm_up(a, load, servers[n])
 
         cmd = shlex.join(load.argv(0, a.duration)).replace(" -p 0 ", " -p PORT ")
         print(f"load: {cmd}")
@@ -278,6 +321,10 @@ def run_benchmark(a, load, name: str, setup=None) -> int:
                 warn.append(f"other processes used {summary[n]['core_other']:.0%} of cpu"
                             f" {a.server_cpu} during the {n} runs: QPS and latency are"
                             f" disturbed, CPU per query less so")
+            lo = statistics.fmean(r["load_core_other"] for r in runs if r["server"] == n)
+            if lo > 0.10:
+                warn.append(f"other processes used {lo:.0%} of cpu {a.client_cpu} (the load"
+                            f" generator's) during the {n} runs: the offered load was lower")
         for w in warn:
             print(f"WARNING: {w}")
         if a.json:
@@ -290,6 +337,7 @@ def run_benchmark(a, load, name: str, setup=None) -> int:
                 "servers": {n: {"argv": s.argv, "port": s.port, "soa_serial": serials.get(n)}
                             for n, s in servers.items()},
                 "load_argv": load.argv(0, a.duration),
+                "warmup": warmups,
                 "runs": runs,
                 "summary": summary,
                 "ratio_cpu_per_100k_imrs_over_nsd": ratio,
@@ -320,6 +368,9 @@ def main(argv=None) -> int:
     p.add_argument("-b", "--bufsize", type=int, default=1024,
                    help="dnsperf -b: its socket buffers in KB, big enough that dnsperf itself"
                         " drops no answers (0: dnsperf's default)")
+    p.add_argument("-Q", "--rate", type=int, default=0,
+                   help="dnsperf -Q: cap the offered rate (q/s) to compare both servers at the"
+                        " same load; 0: no cap")
     p.add_argument("--dnsperf-args", default="", help="extra dnsperf arguments")
     a = p.parse_args(argv)
     check_args(p, a)

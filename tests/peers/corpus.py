@@ -62,12 +62,14 @@ class ZoneInfo:
     tlds: tuple[dns.name.Name, ...]        # delegated TLDs, canonical order
     glue: tuple[dns.name.Name, ...]        # owner names of A/AAAA glue
     apex_types: tuple[int, ...]
+    glue_types: dict                       # glue owner name -> frozenset of its address types
 
 
 @functools.lru_cache(maxsize=8)
 def zone_info(zonefile: str) -> ZoneInfo:
     z = dns.zone.from_file(str(zonefile), origin=dns.name.root, relativize=False, check_origin=True)
     tlds, glue = [], []
+    glue_types = {}
     apex_types: set[int] = set()
     for name, node in z.nodes.items():
         types = {rds.rdtype for rds in node.rdatasets}
@@ -78,9 +80,10 @@ def zone_info(zonefile: str) -> ZoneInfo:
             tlds.append(name)
         if T.A in types or T.AAAA in types:
             glue.append(name)
+            glue_types[name] = frozenset(types & {T.A, T.AAAA})
     tlds.sort()
     glue.sort()
-    return ZoneInfo(tuple(tlds), tuple(glue), tuple(sorted(apex_types)))
+    return ZoneInfo(tuple(tlds), tuple(glue), tuple(sorted(apex_types)), glue_types)
 
 
 def _mix_case(rng: random.Random, name: dns.name.Name) -> dns.name.Name:

@@ -13,6 +13,7 @@ traceback to stderr.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,8 +64,20 @@ class ImrsServer:
 
     def start(self) -> "ImrsServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.port is None:
-            self.port = proc.free_port(self.host)
+        fixed_port = self.port is not None
+        for attempt in range(3):
+            if not fixed_port:
+                self.port = proc.free_port(self.host)
+            try:
+                return self._start_once()
+            except ImrsServerError as e:
+                # another process may have taken the probed port in the meantime
+                in_use = "Address already in use" in str(e) or "Errno 98" in str(e)
+                if fixed_port or not in_use or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> "ImrsServer":
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -128,6 +141,9 @@ class ImrsServer:
         stderr = proc.tail(self.stderr_path, 20000)
         if "Traceback (most recent call last)" in stderr:
             problems.append("imrs wrote a Python traceback to stderr")
+        m = re.search(r"'internal_errors': (\d+)", stderr)
+        if m and int(m.group(1)):
+            problems.append(f"imrs counted {m.group(1)} internal errors")
         if problems:
             raise ImrsServerError("; ".join(problems) + f"\n--- stderr (tail) ---\n{stderr[-4000:]}")
 

@@ -9,7 +9,6 @@ split naively: the fields after comm are taken from the *last* ")".
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import time
