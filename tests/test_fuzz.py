@@ -15,8 +15,10 @@ version.  Counts are printed (``pytest -s tests/test_fuzz.py``).
 
 from __future__ import annotations
 
+import ast
 import os
 import random
+import re
 import select
 import socket
 import struct
@@ -44,7 +46,7 @@ TCP_PACKETS = int(11_000 * SCALE)  # + the special streams (~1,500)
 HYPOTHESIS_EXAMPLES = max(50, int(2_500 * SCALE))
 HEALTH_EVERY = 5_000
 UDP_WINDOW = 64
-TIME_LIMIT = 240.0  # per test: every loop is bounded
+TIME_LIMIT = 240.0  # per test: every loop is bounded (pytest-timeout is not required)
 
 TOTAL = Checker()  # module totals, printed at the end
 
@@ -126,7 +128,6 @@ def qtype_sweep(rng: random.Random, tlds: list[str]) -> list[Pkt]:
     return out
 
 
-@pytest.mark.timeout(TIME_LIMIT + 60)
 def test_udp_fuzz(server, names):
     tlds, hosts = names
     rng = random.Random(SEED)
@@ -268,7 +269,6 @@ def tcp_scripts(rng: random.Random, factory: PacketFactory, n_packets: int) -> l
     return scripts
 
 
-@pytest.mark.timeout(TIME_LIMIT + 60)
 def test_tcp_fuzz(server, names):
     tlds, hosts = names
     rng = random.Random(SEED + 1)
@@ -389,7 +389,6 @@ def hypo(server):
     drv.close()
 
 
-@pytest.mark.timeout(TIME_LIMIT + 60)
 @settings(max_examples=HYPOTHESIS_EXAMPLES, derandomize=True, database=None, deadline=None,
           suppress_health_check=list(HealthCheck), print_blob=True)
 @given(msg=_messages)
@@ -430,7 +429,6 @@ def _tcp_ask(addr, wire: bytes, timeout: float = 3.0) -> bytes | None:
     return proc.tcp_once(addr[0], addr[1], wire, timeout=timeout)
 
 
-@pytest.mark.timeout(120)
 def test_slow_tcp_clients_do_not_hurt(server):
     """50 connections that send nothing, half a length prefix or half a message, held open:
     other clients are still answered promptly over UDP and TCP, and the server closes the
@@ -510,6 +508,121 @@ def _closed_by_peer(s: socket.socket) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
+# pipelined queries, then a half-close, while the replies back up
+
+
+def _tcp_queues(a: tuple[str, int], b: tuple[str, int]) -> tuple[int, int] | None:
+    """(tx_queue, rx_queue) of the IPv4 TCP socket a -> b, from /proc/net/tcp."""
+    def key(addr):
+        return f"{socket.inet_aton(addr[0])[::-1].hex().upper()}:{addr[1]:04X}"
+    want = (key(a), key(b))
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        f = line.split()
+        if (f[1], f[2]) == want:
+            tx, rx = f[4].split(":")
+            return int(tx, 16), int(rx, 16)
+    return None
+
+
+def _stable_queues(s: socket.socket, srv_addr) -> tuple:
+    """Wait (at most 5 s) until both ends' kernel queues stop changing."""
+    me = s.getsockname()
+    last = None
+    t_end = time.monotonic() + 5
+    while time.monotonic() < t_end:
+        cur = (_tcp_queues(me, srv_addr), _tcp_queues(srv_addr, me))
+        if cur == last:
+            break
+        last = cur
+        time.sleep(0.1)
+    return last
+
+
+def _read_frames(s: socket.socket, timeout: float = 20.0) -> tuple[list[bytes], int]:
+    """Read to EOF (bounded); the complete frames, and the octets of an unfinished one."""
+    s.settimeout(timeout)
+    buf = bytearray()
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        try:
+            d = s.recv(1 << 20)
+        except (ConnectionError, socket.timeout):
+            break
+        if not d:
+            break
+        buf += d
+    out = []
+    while len(buf) >= 2 and len(buf) >= 2 + ((buf[0] << 8) | buf[1]):
+        n = (buf[0] << 8) | buf[1]
+        out.append(bytes(buf[2 : 2 + n]))
+        del buf[: 2 + n]
+    return out, len(buf)
+
+
+def test_tcp_pipelined_then_half_close_all_answered(server):
+    """A client pipelines queries, half-closes (SHUT_WR) and reads only after a pause:
+    RFC 7766 6.2.4 -- every query already received must still be answered, in full.
+
+    The queries are chosen so that their replies overflow the kernel's socket buffers by
+    less than the server's 64 KiB write-buffer threshold (the kernel capacity is measured
+    first, from /proc/net/tcp), i.e. some replies sit in the server's user-space buffer
+    when it reads the client's EOF."""
+    addr = server.addr
+    ck = Checker()
+
+    def query(i: int) -> bytes:  # `. NS` with DO: ~1.1 KB replies
+        return header(i, 0, 1, 0, 0, 1) + b"\x00" + struct.pack("!HH", 2, C_IN) + opt_rr(4096, 0, 0x8000)
+
+    def connect() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        s.connect(addr)
+        return s
+
+    reply_size = len(_tcp_ask(addr, query(0)) or b"") + 2
+    assert reply_size > 100
+    # 1. how much the kernel holds: pipeline far too much, do not read, measure the queues
+    s = connect()
+    try:
+        s.sendall(b"".join(frame(query(i)) for i in range(6000)))
+        q = _stable_queues(s, addr)
+    finally:
+        s.close()
+    if not q or q[0] is None or q[1] is None:
+        capacities = [3000 * reply_size]  # no /proc/net/tcp: a guess
+    else:
+        capacities = [q[0][1] + q[1][0]]
+    n_base = capacities[0] // reply_size
+    results = []
+    for extra in (15, 40):
+        n = n_base + extra
+        s = connect()
+        try:
+            s.sendall(b"".join(frame(query(i)) for i in range(n)))
+            s.shutdown(socket.SHUT_WR)
+            _stable_queues(s, addr)
+            replies, partial = _read_frames(s)
+        finally:
+            s.close()
+        results.append((n, len(replies), partial))
+        for i, r in enumerate(replies):
+            ck.check("tcp", Pkt(query(i), "half-close", True), query(i), r, 65535)
+        if len(replies) != n or partial:
+            ck.fail(f"TCP: {n} pipelined `. NS` +DO queries then SHUT_WR, reading after a pause: "
+                    f"{len(replies)} complete replies, {partial} octets of a cut-off frame "
+                    f"(kernel buffers held ~{capacities[0]} octets = {n_base} replies)")
+    _merge(ck)
+    TOTAL.stats["tcp_sent"] += sum(n for n, _, _ in results) + 6000
+    print(f"\n[fuzz] pipelined + half-close: (queries, replies, cut-off octets) = {results}")
+    _assert_clean(ck, "pipelined queries then half-close")
+    health(server, "after the half-close test")
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def test_server_survived(server):
@@ -521,3 +634,9 @@ def test_server_survived(server):
           f"{TOTAL.stats['udp_replies'] + TOTAL.stats['tcp_replies']} replies checked, "
           f"{TOTAL.failure_count} failures\n    rcodes: {dict(TOTAL.rcodes.most_common())}")
     assert tb is None, f"imrs wrote a traceback to stderr:\n{tb}"
+    server.stop()  # SIGTERM; raises on a crash, a hang, a traceback or internal errors
+    m = re.search(r"stopped: (\{.*\})", proc.tail(server.stderr_path, 200_000))
+    if m:
+        counters = ast.literal_eval(m.group(1))
+        print(f"    server counters: {counters}")
+        assert not counters.get("internal_errors"), f"imrs counted internal errors: {counters}"

@@ -55,12 +55,15 @@ class Reject(Exception):
     ``opt`` is set (FORMERR for a QDCOUNT=0 query that carries only an OPT record).
     """
 
-    def __init__(self, rcode: int | None, flags: int = 0, reason: str = "", opt: "EdnsInfo | None" = None):
+    def __init__(
+        self, rcode: int | None, flags: int = 0, reason: str = "", opt: "EdnsInfo | None" = None, notify: bytes | None = None
+    ):
         super().__init__(reason)
         self.rcode = rcode
         self.flags = flags
         self.reason = reason
         self.opt = opt
+        self.notify = notify  # for NOTIFY: the zone name (wire, lowercased) it is about
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +193,7 @@ def parse_query(wire: bytes) -> Query:
     qtype, qclass = struct.unpack_from("!HH", wire, qend)
     if opcode == OPCODE_NOTIFY:
         # NOTIFY is the transfer machinery's business; nothing is configured to accept it.
-        raise Reject(RCODE_REFUSED, flags & ~AD & ~0xF, "NOTIFY not accepted")
+        raise Reject(RCODE_REFUSED, flags & ~AD & ~0xF, "NOTIFY not accepted", notify=wire[12:qend].lower())
     if qdcount != 1:
         if qdcount == 0 and ancount == 0 and nscount == 0 and arcount == 1 and len(wire) >= 12 + 11:
             parsed = parse_opt(wire, 12)

@@ -22,7 +22,9 @@ from imrs.answer.query import (
     EDNS_BADVERS,
     EDNS_OK,
     QR,
+    RCODE_NOTAUTH,
     RCODE_NOTIMP,
+    RCODE_NXDOMAIN,
     RCODE_REFUSED,
     RD,
     TC,
@@ -45,6 +47,11 @@ TYPE_ANY = dns.rdatatype.ANY
 UDP_DEFAULT_MAX = 512  # RFC 1035 4.2.1, and for EDNS payloads below it (RFC 6891 6.2.5)
 TCP_MAX = 65535
 IPV6_MINIMAL_CAP = 1220  # NSD: optional records stop here on IPv6 UDP (1280 - headers)
+
+# Extended DNS Error codes (RFC 8914 section 4) given where NSD gives them
+EDE_PROHIBITED = 18
+EDE_NOT_AUTHORITATIVE = 20
+EDE_NOT_SUPPORTED = 21
 
 _IDENTITY_NAMES = (b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00")
 _VERSION_NAMES = (b"\x07version\x06server\x00", b"\x07version\x04bind\x00")
@@ -74,10 +81,13 @@ class Responder:
         self._nsid_option = struct.pack("!HH", 3, len(nsid)) + nsid if nsid else b""
 
     # -- EDNS ------------------------------------------------------------------------
-    def opt_record(self, edns: EdnsInfo, ext_rcode: int = 0) -> bytes:
-        """Our OPT RR: payload size, DO echoed, NSID when asked for and configured."""
+    def opt_record(self, edns: EdnsInfo, ext_rcode: int = 0, ede: int | None = None) -> bytes:
+        """Our OPT RR: payload size, DO echoed, NSID when asked for and configured, and an
+        Extended DNS Error (RFC 8914) code when there is one to give."""
         rdata = self._nsid_option if edns.nsid else b""
-        flags = 0x8000 if edns.do else 0
+        if ede is not None:
+            rdata += struct.pack("!HHH", 15, 2, ede)
+        flags = 0x8000 if edns.do and ext_rcode == 0 else 0
         return b"\x00" + struct.pack("!HHBBHH", 41, self.options.edns_buffer_size, ext_rcode, 0, flags, len(rdata)) + rdata
 
     def max_size(self, edns: EdnsInfo, tcp: bool) -> int:
@@ -97,6 +107,8 @@ class Responder:
         try:
             query = parse_query(wire)
         except Reject as reject:
+            if reject.notify is not None and not self._is_apex(reject.notify):
+                reject.rcode = RCODE_NXDOMAIN  # NOTIFY for a zone we do not serve (as NSD)
             opt = self.opt_record(reject.opt) if reject.opt is not None else b""
             return error_response(wire, reject, opt)
         return self.answer(query, tcp, ipv6)
@@ -108,17 +120,27 @@ class Responder:
             return header(q.id, flags, 1, 0, 0, 1) + q.question + self.opt_record(edns, ext_rcode=1)
         # RD and CD are copied (RFC 1035 4.1.1, RFC 4035 3.2.2); the rest is ours to set.
         flags = QR | (q.flags & (RD | CD))
-        opt = self.opt_record(edns) if edns.status == EDNS_OK else b""
+        has_edns = edns.status == EDNS_OK
+        opt = self.opt_record(edns) if has_edns else b""
         ar_opt = 1 if opt else 0
         if q.qclass != CLASS_IN and q.qclass != CLASS_ANY:
             if q.qclass == CLASS_CH:
-                return self.chaos(q, flags, opt)
+                return self.chaos(q, flags)
+            opt = self.opt_record(edns, ede=EDE_NOT_SUPPORTED) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 0, 0, 0, ar_opt) + opt
         if q.qtype == TYPE_AXFR or q.qtype == TYPE_IXFR:
-            # Zone transfers are not offered: REFUSED, and AXFR over UDP is not a thing.
-            rcode = RCODE_NOTIMP if q.qtype == TYPE_AXFR and not tcp else RCODE_REFUSED
-            return header(q.id, flags | rcode, 1, 0, 0, ar_opt) + q.question + opt
+            # Zone transfers are not offered yet: REFUSED for our zones, NOTAUTH for others;
+            # AXFR over UDP is not a thing (NOTIMP).
+            if q.qtype == TYPE_AXFR and not tcp:
+                return header(q.id, flags | RCODE_NOTIMP, 1, 0, 0, ar_opt) + q.question + opt
+            if not self._is_apex(q.qname_wire.lower()):
+                return header(q.id, flags | RCODE_NOTAUTH, 1, 0, 0, ar_opt) + q.question + opt
+            opt = self.opt_record(edns, ede=EDE_PROHIBITED) if has_edns else b""
+            return header(q.id, flags | RCODE_REFUSED, 1, 0, 0, ar_opt) + q.question + opt
         plan = plan_answer(self.zones, q.qname, q.qtype, q.qclass, edns.do, ipv6)
+        if plan.rcode == RCODE_REFUSED:
+            opt = self.opt_record(edns, ede=EDE_NOT_AUTHORITATIVE) if has_edns else b""
+            return header(q.id, flags | RCODE_REFUSED, 1, 0, 0, ar_opt) + q.question + opt
         out = self.render(plan, q.question, self.max_size(edns, tcp) - len(opt), tcp, ipv6, edns.do)
         flags |= plan.rcode
         if plan.aa:
@@ -132,18 +154,28 @@ class Responder:
         """Encode ``plan`` after ``question`` within ``limit`` octets."""
         return render_plan(plan, question, limit=limit, udp=not tcp, minimal_cap=self.minimal_cap(ipv6), do=do)
 
-    def chaos(self, q: Query, flags: int, opt: bytes) -> bytes:
+    def _is_apex(self, name_wire: bytes) -> bool:
+        """Is this lowercased wire name the apex of a zone we serve?"""
+        return any(origin.to_wire() == name_wire for origin in self.zones.zones)
+
+    def chaos(self, q: Query, flags: int) -> bytes:
         """CHAOS TXT identity and version (NSD answer_chaos); REFUSED for anything else."""
-        ar_opt = 1 if opt else 0
+        has_edns = q.edns.status == EDNS_OK
+        ar_opt = 1 if has_edns else 0
         name = q.qname_wire.lower()
         text: str | None = None
+        ede = EDE_NOT_SUPPORTED
         if q.qtype in (TYPE_TXT, TYPE_ANY):
             if name in _IDENTITY_NAMES:
                 text = self.options.identity
+                ede = EDE_PROHIBITED
             elif name in _VERSION_NAMES:
                 text = self.options.version
+                ede = EDE_PROHIBITED
         if text is None:
+            opt = self.opt_record(q.edns, ede=ede) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 1, 0, 0, ar_opt) + q.question + opt
+        opt = self.opt_record(q.edns) if has_edns else b""
         data = text.encode("utf-8")[:255]
         record = b"\xc0\x0c" + struct.pack("!HHIHB", TYPE_TXT, CLASS_CH, 0, len(data) + 1, len(data)) + data
         return header(q.id, flags, 1, 1, 0, ar_opt) + q.question + record + opt
