@@ -1,0 +1,139 @@
+"""The compiled fast path gives byte-identical responses to the reference path.
+
+Every query of the NSD differential corpus, and the benchmark's root-traffic mix, is
+answered both ways over UDP and TCP, IPv4 and IPv6, and with varied EDNS buffer sizes and
+header bits; the bytes must be equal wherever the fast path answers.  The fast path must
+also answer (not defer) the ordinary questions, or it would be fast for nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rdatatype
+import pytest
+
+from imrs.answer.respond import AnswerOptions
+from imrs.serve.snapshot import build_snapshot
+from imrs.zone.parse import load_zone_file
+from peers.corpus import build_corpus
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ZONE = SHARED / "zones" / "testroot" / "root-2026082201.zone"
+MIX = SHARED / "bench" / "queries-rootmix-mix.bin"
+
+
+@pytest.fixture(scope="module")
+def snapshot():
+    return build_snapshot([load_zone_file(ZONE)], AnswerOptions(nsid=b"test-nsid"))
+
+
+def _mix_queries(limit: int) -> list[bytes]:
+    blob = MIX.read_bytes()
+    out, pos = [], 0
+    while pos < len(blob) and len(out) < limit:
+        (length,) = struct.unpack_from("!H", blob, pos)
+        out.append(blob[pos + 2 : pos + 2 + length])
+        pos += 2 + length
+    return out
+
+
+def _variants(wire: bytes, rng: random.Random) -> list[bytes]:
+    """The query as sent, plus copies with other RD/CD bits and other EDNS buffer sizes."""
+    out = [wire]
+    flags = bytearray(wire)
+    flags[2] ^= 0x01  # RD
+    flags[3] ^= 0x10  # CD
+    out.append(bytes(flags))
+    msg = dns.message.from_wire(wire)
+    if msg.edns >= 0:
+        for payload in (512, 700, 1232, 4096, rng.randint(0, 65535)):
+            m = dns.message.from_wire(wire)
+            m.use_edns(0, m.ednsflags, payload)
+            out.append(m.to_wire())
+    return out
+
+
+def _check(snapshot, queries: list[bytes], rng: random.Random) -> tuple[int, int]:
+    compiled, reference = snapshot.compiled, snapshot.reference
+    answered = compared = 0
+    mismatches = []
+    for wire in queries:
+        for variant in _variants(wire, rng):
+            for tcp, ipv6 in ((False, False), (True, False), (False, True), (True, True)):
+                fast = compiled.answer(variant, tcp, ipv6)
+                compared += 1
+                if fast is None:
+                    continue
+                answered += 1
+                slow = reference.respond(variant, tcp, ipv6)
+                if fast != slow:
+                    mismatches.append((variant.hex(), tcp, ipv6))
+    assert not mismatches, f"{len(mismatches)} responses differ, first: {mismatches[:3]}"
+    return answered, compared
+
+
+def test_fast_path_matches_reference_on_the_corpus(snapshot):
+    rng = random.Random(7)
+    corpus = build_corpus(ZONE, seed=20260822, scale=0.12)
+    answered, compared = _check(snapshot, [e.wire for e in corpus], rng)
+    print(f"corpus: {compared} comparisons, fast path answered {answered}")
+    assert answered > compared * 0.6
+
+
+def test_fast_path_matches_reference_on_the_root_traffic_mix(snapshot):
+    rng = random.Random(8)
+    answered, compared = _check(snapshot, _mix_queries(2500), rng)
+    print(f"mix: {compared} comparisons, fast path answered {answered}")
+    # Every query of the mix is an ordinary one: the fast path must answer all of them.
+    assert answered == compared
+
+
+def test_repeated_queries_come_from_the_shape_caches(snapshot):
+    """Same question, longer names and truncation: relocation and piece selection agree."""
+    reference, compiled = snapshot.reference, snapshot.compiled
+    names = ["com.", "www.example.com.", "a.b.c.d.e.f.g.h.example.com.", "x" * 60 + ".nosuchtld.",
+             "nic.aaa.", "a.nic.aaa.", "ns1.dns.nic.aaa.", "aa.", "zzzzzzzzzz.", "a.root-servers.net."]
+    for name in names:
+        for rdtype in ("A", "NS", "DS", "SOA", "TYPE666"):
+            for payload in (None, 512, 600, 900, 1232):
+                for do in (False, True):
+                    if payload is None and do:
+                        continue
+                    q = dns.message.make_query(name, rdtype, use_edns=payload is not None, payload=payload or 512, want_dnssec=do)
+                    wire = q.to_wire()
+                    for _ in range(2):  # the second time comes from the cache
+                        for tcp in (False, True):
+                            fast = compiled.answer(wire, tcp, False)
+                            assert fast is not None, (name, rdtype, payload, do)
+                            assert fast == reference.respond(wire, tcp, False), (name, rdtype, payload, do, tcp)
+
+
+def test_unusual_queries_are_left_to_the_reference_path(snapshot):
+    compiled = snapshot.compiled
+    nsid = dns.message.make_query(".", "SOA", use_edns=0, options=[dns.edns.GenericOption(3, b"")]).to_wire()
+    chaos = dns.message.make_query("version.bind.", "TXT", rdclass="CH").to_wire()
+    axfr = dns.message.make_query(".", "AXFR").to_wire()
+    badvers = dns.message.make_query(".", "SOA", use_edns=1).to_wire()
+    trailing = dns.message.make_query(".", "SOA", use_edns=False).to_wire() + b"\x00"
+    for wire in (nsid, chaos, axfr, badvers, trailing):
+        assert compiled.answer(wire, False, False) is None
+    # ... and the server still answers them, through the reference path.
+    assert b"test-nsid" in snapshot.answer(nsid, False, False)
+    assert dns.message.from_wire(snapshot.answer(chaos, False, False)).answer
+
+
+def test_rfc9471_referral_with_in_domain_glue_sets_tc(snapshot):
+    """aaa. has only in-domain name servers; with DO at 512 octets their glue cannot fit."""
+    q = dns.message.make_query("www.aaa.", "A", use_edns=0, payload=512, want_dnssec=True)
+    response = dns.message.from_wire(snapshot.answer(q.to_wire(), False, False))
+    assert response.flags & dns.flags.TC
+    assert len(snapshot.answer(q.to_wire(), False, False)) <= 512
+    full = dns.message.from_wire(snapshot.answer(q.to_wire(), True, False))
+    assert not full.flags & dns.flags.TC
+    assert {rrset.rdtype for rrset in full.additional} >= {dns.rdatatype.A, dns.rdatatype.AAAA}
