@@ -137,3 +137,43 @@ def test_rfc9471_referral_with_in_domain_glue_sets_tc(snapshot):
     full = dns.message.from_wire(snapshot.answer(q.to_wire(), True, False))
     assert not full.flags & dns.flags.TC
     assert {rrset.rdtype for rrset in full.additional} >= {dns.rdatatype.A, dns.rdatatype.AAAA}
+
+
+CHILD_ZONE = """\
+$ORIGIN root-servers.net.
+$TTL 3600000
+@ IN SOA a.root-servers.net. nstld.verisign-grs.com. 2026082201 14400 7200 1209600 3600000
+@ IN NS a.root-servers.net.
+@ IN NS b.root-servers.net.
+a IN A 198.41.0.4
+a IN AAAA 2001:503:ba3e::2:30
+b IN A 170.247.170.2
+www.deep IN TXT "an empty non-terminal above me"
+"""
+
+
+def test_fast_path_matches_reference_with_two_zones(tmp_path):
+    """The root and root-servers.net served together: each name is answered by its own zone."""
+    child = tmp_path / "root-servers.net.zone"
+    child.write_text(CHILD_ZONE)
+    snap = build_snapshot([load_zone_file(ZONE), load_zone_file(child)], AnswerOptions())
+    names = ["root-servers.net.", "a.root-servers.net.", "b.root-servers.net.", "c.root-servers.net.",
+             "x.y.root-servers.net.", "deep.root-servers.net.", "www.deep.root-servers.net.", "net.", "com."]
+    answered = 0
+    for name in names:
+        for rdtype in ("A", "AAAA", "NS", "DS", "SOA", "TXT", "ANY"):
+            for do in (False, True):
+                wire = dns.message.make_query(name, rdtype, want_dnssec=do).to_wire()
+                slow = snap.reference.respond(wire, False, False)
+                fast = snap.compiled.answer(wire, False, False)
+                if fast is not None:
+                    answered += 1
+                    assert fast == slow, (name, rdtype, do)
+    assert answered > len(names) * 10
+    # a.root-servers.net. comes from its own zone, authoritatively ...
+    a = dns.message.from_wire(snap.answer(dns.message.make_query("a.root-servers.net.", "A").to_wire(), False, False))
+    assert a.flags & dns.flags.AA and a.answer[0][0].address == "198.41.0.4"
+    # ... and DS at its apex from the parent side, as NSD does: the root, which refers to net.
+    ds = dns.message.from_wire(snap.answer(dns.message.make_query("root-servers.net.", "DS", use_edns=0).to_wire(), False, False))
+    assert not ds.flags & dns.flags.AA and not ds.answer
+    assert ds.authority[0].name == dns.name.from_text("net.") and ds.authority[0].rdtype == dns.rdatatype.NS

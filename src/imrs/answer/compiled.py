@@ -80,7 +80,7 @@ class CompiledAnswers:
             (b"", b"\x00\x00\x29" + struct.pack("!H", edns) + b"\x00\x00\x80\x00\x00\x00"),
         )
         self._edns_size = edns
-        for zone in reference.zones:
+        for zone in sorted(reference.zones, key=lambda z: -len(z.origin)):
             self._compile_zone(zone)
         # Render every distinct answer for IPv4 now; IPv6 variants and answers compressed
         # against deeper names (glue owners) are rendered on first use.
@@ -117,10 +117,11 @@ class CompiledAnswers:
         for name in zone.existing:
             if name != zone.origin:
                 children.setdefault(name.parent(), []).append(name.labels[0])
+        zones = self.reference.zones
         for name in sorted(zone.tree, key=len):
+            if zones.find(name) is not zone:
+                continue  # inside a deeper zone we also serve: that zone answers for it
             wire = name.to_wire()
-            if wire in self.names:
-                continue  # a deeper zone's apex that is also a name in a parent zone: keep the first
             entry = NameEntry()
             delegation = zone.find_delegation(name)
             if delegation is not None:

@@ -125,14 +125,10 @@ class ZoneSet:
         return self.find(zone.origin.parent())
 
     def anchor(self, qname: Name) -> Name:
-        """The deepest suffix of ``qname`` that any zone's name tree holds."""
-        best = dns.name.root
-        for zone in self.zones.values():
-            if qname.is_subdomain(zone.origin):
-                found = zone.deepest_tree_suffix(qname)
-                if len(found) > len(best):
-                    best = found
-        return best
+        """The deepest suffix of ``qname`` in the name tree of the zone that holds it (NSD's
+        closest encloser): the part of the question that names in the answer may point to."""
+        zone = self.find(qname)
+        return zone.deepest_tree_suffix(qname) if zone is not None else dns.name.root
 
 
 class _Builder:
