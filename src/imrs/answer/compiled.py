@@ -199,11 +199,12 @@ class CompiledAnswers:
             return None  # AXFR / IXFR
         end = qend + 4
         if has_opt:
-            # Only a bare OPT (no options) exactly at the end; anything else goes the slow way.
-            if n != end + 11 or wire[end] != 0 or wire[end + 1] != 0 or wire[end + 2] != 41:
+            # An OPT record exactly at the end, version 0; options other than NSID are ignored
+            # (RFC 6891 6.1.2), anything else goes the slow way.
+            if n < end + 11 or wire[end] != 0 or wire[end + 1] != 0 or wire[end + 2] != 41 or wire[end + 6] != 0:
                 return None
-            if wire[end + 6] != 0 or wire[end + 9] != 0 or wire[end + 10] != 0:
-                return None  # EDNS version > 0, or options present
+            if (n != end + 11 or wire[end + 9] or wire[end + 10]) and not self._options_ignorable(wire, end + 11, n):
+                return None
             do = wire[end + 7] >> 7
             if tcp:
                 limit = 65535 - 11
@@ -252,6 +253,20 @@ class CompiledAnswers:
                 shape = variant.cut[key] = self._cut(answer_class, variant, wire[12:end], limit, tcp, ipv6, do)
         rdcd = (wire[2] & 1) | ((wire[3] >> 3) & 2)
         return wire[:2] + shape[0][has_opt][rdcd] + wire[12:end] + shape[1] + self._opt[do][has_opt]
+
+    @staticmethod
+    def _options_ignorable(wire: bytes, pos: int, n: int) -> bool:
+        """Are the EDNS options well-formed, filling the OPT RDATA exactly, and none NSID?"""
+        if pos - 2 > n or ((wire[pos - 2] << 8) | wire[pos - 1]) != n - pos:
+            return False
+        while pos < n:
+            if pos + 4 > n:
+                return False
+            code = (wire[pos] << 8) | wire[pos + 1]
+            pos += 4 + ((wire[pos + 2] << 8) | wire[pos + 3])
+            if code == 3 or pos > n:
+                return False
+        return True
 
     # -- variants and shapes ---------------------------------------------------------------
     def _variant(self, answer_class: AnswerClass, index: int) -> "Variant":

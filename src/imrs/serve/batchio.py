@@ -96,6 +96,9 @@ class BatchSocket:
             hdr.msg_name = names + i * _SOCKADDR_SIZE
             hdr.msg_iov = ctypes.pointer(self._recv_iov[i])
             hdr.msg_iovlen = 1
+        for i in range(VLEN):
+            self._recv[i].msg_hdr.msg_namelen = _SOCKADDR_SIZE
+        self._used = 0  # slots the last receive filled
         self._recv_addr = ctypes.addressof(self._recv)
         self._send_addr = ctypes.addressof(self._send)
         for i in range(VLEN):  # send header i always uses iovec i; its address is set per reply
@@ -112,9 +115,10 @@ class BatchSocket:
     def receive(self) -> list[bytes]:
         """Up to VLEN datagrams waiting on the socket (empty when none)."""
         words = self._recv_words
-        for i in range(0, VLEN * 16, 16):
-            words[i + 2] = _SOCKADDR_SIZE  # msg_namelen is in/out
+        for i in range(0, self._used * 16, 16):
+            words[i + 2] = _SOCKADDR_SIZE  # msg_namelen is in/out: restore what the last call set
         n = self._recvmmsg(self.fd, self._recv_addr, VLEN, _MSG_DONTWAIT, None)
+        self._used = n if n > 0 else 0
         if n <= 0:
             if n < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
