@@ -62,15 +62,24 @@ class TcpListener:
         task = asyncio.current_task()
         self.active.add(task)
         self.stats.tcp_connections += 1
+        graceful = False
         try:
             await self._serve(reader, writer)
+            # The client is done sending (or reached the per-connection limit): what it asked
+            # is still owed (RFC 7766 6.2.4), so flush the answers before closing.
+            async with asyncio.timeout(self.idle_timeout):
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+            graceful = True
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
             pass
         except asyncio.CancelledError:
             pass
         finally:
             self.active.discard(task)
-            writer.transport.abort()
+            if not graceful:
+                writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served = 0
@@ -82,9 +91,9 @@ class TcpListener:
                     wire = await reader.readexactly(length) if length else b""
             except TimeoutError:
                 self.stats.tcp_timeouts += 1
-                return
+                raise  # idle: close at once, nothing is owed
             except asyncio.IncompleteReadError:
-                return  # the client closed, perhaps mid-message
+                return  # the client closed its side, perhaps mid-message
             self.stats.tcp_queries += 1
             try:
                 response = self.holder.current.answer(wire, True, self.ipv6)
@@ -98,8 +107,6 @@ class TcpListener:
                         await writer.drain()  # a client that does not read is dropped
             served += 1
             if self.max_queries and served >= self.max_queries:
-                async with asyncio.timeout(self.idle_timeout):
-                    await writer.drain()
                 return
 
     def _internal_error(self) -> None:
