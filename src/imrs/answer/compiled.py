@@ -27,14 +27,13 @@ import dns.rdatatype
 
 from imrs.answer.engine import Plan, Section, plan_answer
 from imrs.answer.query import AA, QR, TC
-from imrs.answer.render import render_plan
 from imrs.answer.respond import UDP_DEFAULT_MAX, Responder
 from imrs.zone.data import Name, ZoneData
 
 T = dns.rdatatype
 _HEADER_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _HEADER_ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
-_SHAPE_CACHE_LIMIT = 400_000  # rendered shapes kept before the cache starts afresh
+_SHAPE_CACHE_LIMIT = 200_000  # derived shapes kept (about 150 MB at most) before the caches start afresh
 
 
 class AnswerClass:
@@ -243,6 +242,7 @@ class CompiledAnswers:
             if variant.pointers:
                 shape = variant.moved.get(qlen)
                 if shape is None:
+                    self._count_shape()
                     shape = variant.moved[qlen] = variant.relocate(qlen)
             else:
                 shape = variant.full
@@ -279,16 +279,20 @@ class CompiledAnswers:
         answer_class.variants[index] = variant
         return variant
 
-    def _cut(self, answer_class: AnswerClass, variant: "Variant", question: bytes, limit: int, tcp: bool, ipv6: bool, do: int) -> tuple:
-        """A response that does not fit whole: select what fits, as the reference encoder would."""
+    def _count_shape(self) -> None:
+        """Bound the memory the shape caches take: past the limit, start them afresh."""
         self._shape_count += 1
         if self._shape_count > _SHAPE_CACHE_LIMIT:
-            for other in self._classes:
-                for v in other.variants:
-                    if v is not None:
-                        v.cut.clear()
-                        v.moved.clear()
+            for answer_class in self._classes:
+                for variant in answer_class.variants:
+                    if variant is not None:
+                        variant.cut.clear()
+                        variant.moved.clear()
             self._shape_count = 1
+
+    def _cut(self, answer_class: AnswerClass, variant: "Variant", question: bytes, limit: int, tcp: bool, ipv6: bool, do: int) -> tuple:
+        """A response that does not fit whole: select what fits, as the reference encoder would."""
+        self._count_shape()
         if variant.pieces is not None:
             return variant.select(len(question) - 4, limit, tcp)
         out = self.reference.render(variant.plan, question, limit, tcp, ipv6, bool(do))
