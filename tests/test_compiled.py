@@ -187,3 +187,16 @@ def test_fast_path_matches_reference_with_two_zones(tmp_path):
     ds = dns.message.from_wire(snap.answer(dns.message.make_query("root-servers.net.", "DS", use_edns=0).to_wire(), False, False))
     assert not ds.flags & dns.flags.AA and not ds.answer
     assert ds.authority[0].name == dns.name.from_text("net.") and ds.authority[0].rdtype == dns.rdatatype.NS
+
+
+def test_shape_caches_stay_bounded(snapshot, monkeypatch):
+    """Past the bound the caches start afresh, and answers stay the same."""
+    import imrs.answer.compiled as compiled_module
+
+    monkeypatch.setattr(compiled_module, "_SHAPE_CACHE_LIMIT", 50)
+    compiled = snapshot.compiled
+    for wire in _mix_queries(1500):
+        assert compiled.answer(wire, False, False) == snapshot.reference.respond(wire, False, False)
+        assert compiled._shape_count <= 50
+    cached = sum(len(v.moved) + len(v.cut) for c in compiled._classes for v in c.variants if v is not None)
+    assert cached <= 50
