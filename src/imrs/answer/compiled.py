@@ -33,6 +33,7 @@ from imrs.zone.data import Name, ZoneData
 T = dns.rdatatype
 _HEADER_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _HEADER_ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_join = b"".join
 _SHAPE_CACHE_LIMIT = 200_000  # derived shapes kept (about 150 MB at most) before the caches start afresh
 
 
@@ -79,6 +80,7 @@ class CompiledAnswers:
             (b"", b"\x00\x00\x29" + struct.pack("!H", edns) + b"\x00\x00\x80\x00\x00\x00"),
         )
         self._edns_size = edns
+        self._caps = (reference.minimal_cap(False), reference.minimal_cap(True))
         for zone in sorted(reference.zones, key=lambda z: -len(z.origin)):
             self._compile_zone(zone)
         # Render every distinct answer for IPv4 now; IPv6 variants and answers compressed
@@ -238,7 +240,8 @@ class CompiledAnswers:
         index = do + 2 * ipv6
         variant = answer_class.variants[index] or self._variant(answer_class, index)
         qlen = qend - 12
-        if variant.fits(end, limit, tcp):
+        cap = self._caps[ipv6]
+        if end + variant.fit_len <= (limit if tcp or limit < cap else cap):  # it all fits
             if variant.pointers:
                 shape = variant.moved.get(qlen)
                 if shape is None:
@@ -252,7 +255,7 @@ class CompiledAnswers:
             if shape is None:
                 shape = variant.cut[key] = self._cut(answer_class, variant, wire[12:end], limit, tcp, ipv6, do)
         rdcd = (wire[2] & 1) | ((wire[3] >> 3) & 2)
-        return wire[:2] + shape[0][has_opt][rdcd] + wire[12:end] + shape[1] + self._opt[do][has_opt]
+        return _join((wire[:2], shape[0][has_opt][rdcd], wire[12:end], shape[1], self._opt[do][has_opt]))
 
     @staticmethod
     def _options_ignorable(wire: bytes, pos: int, n: int) -> bool:
@@ -368,7 +371,7 @@ class Variant:
     not fit keeps the same pieces NSD's rules keep (see :mod:`imrs.answer.render`).
     """
 
-    __slots__ = ("plan", "full", "pointers", "walkable", "pieces", "qlen0", "body_len", "required_len", "cap", "moved", "cut", "delegation")
+    __slots__ = ("plan", "full", "pointers", "walkable", "fit_len", "pieces", "qlen0", "body_len", "required_len", "cap", "moved", "cut", "delegation")
 
     def __init__(self, plan: Plan, rendered, qlen0: int, cap: int):
         self.plan = plan
@@ -384,6 +387,9 @@ class Variant:
         pointers = find_pointers(body)
         self.walkable = pointers is not None
         self.pointers = pointers or []
+        # Octets the whole body needs after the question; a body whose pointers we cannot
+        # find never "fits", so the reference encoder renders its shapes.
+        self.fit_len = len(body) if self.walkable else 1 << 30
         # Pieces, in encoding order: (section, bytes, record count, in-domain glue, pointer offsets).
         order = sorted((i for i, e in enumerate(plan.entries) if rendered.kept[i]), key=lambda i: rendered.spans[i][0])
         pieces = []
@@ -406,12 +412,6 @@ class Variant:
                 if target >= optional_start:
                     self.pieces = None
                     break
-
-    def fits(self, end: int, limit: int, tcp: bool) -> bool:
-        """Does the whole body fit after a question ending at ``end`` (and can it be moved)?"""
-        if tcp or self.required_len == self.body_len:
-            return end + self.body_len <= limit and self.walkable
-        return end + self.body_len <= (limit if limit < self.cap else self.cap) and self.walkable
 
     def relocate(self, qlen: int) -> tuple:
         """The full body for a question name of ``qlen`` octets."""
