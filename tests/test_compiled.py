@@ -162,13 +162,26 @@ www.deep IN TXT "an empty non-terminal above me"
 """
 
 
-def test_fast_path_matches_reference_with_two_zones(tmp_path):
-    """The root and root-servers.net served together: each name is answered by its own zone."""
+ISLAND_ZONE = """\
+$ORIGIN in.a.far.island.
+@ 3600 IN SOA ns.in.a.far.island. hostmaster.in.a.far.island. 1 3600 900 604800 300
+@ 3600 IN NS ns
+ns 3600 IN A 192.0.2.53
+"""
+
+
+def test_fast_path_matches_reference_with_several_zones(tmp_path):
+    """The root, root-servers.net and a zone whose parents the root does not hold, served
+    together: each name is answered by its own zone, both paths alike."""
     child = tmp_path / "root-servers.net.zone"
     child.write_text(CHILD_ZONE)
-    snap = build_snapshot([load_zone_file(ZONE), load_zone_file(child)], AnswerOptions())
+    island = tmp_path / "island.zone"
+    island.write_text(ISLAND_ZONE)
+    snap = build_snapshot([load_zone_file(ZONE), load_zone_file(child), load_zone_file(island)], AnswerOptions())
     names = ["root-servers.net.", "a.root-servers.net.", "b.root-servers.net.", "c.root-servers.net.",
-             "x.y.root-servers.net.", "deep.root-servers.net.", "www.deep.root-servers.net.", "net.", "com."]
+             "x.y.root-servers.net.", "deep.root-servers.net.", "www.deep.root-servers.net.", "net.", "com.",
+             "island.", "far.island.", "a.far.island.", "in.a.far.island.", "ns.in.a.far.island.",
+             "x.in.a.far.island.", "x.a.far.island."]
     answered = 0
     for name in names:
         for rdtype in ("A", "AAAA", "NS", "DS", "SOA", "TXT", "ANY"):
@@ -180,6 +193,8 @@ def test_fast_path_matches_reference_with_two_zones(tmp_path):
                     answered += 1
                     assert fast == slow, (name, rdtype, do)
     assert answered > len(names) * 10
+    island_ns = dns.message.make_query("ns.in.a.far.island.", "A").to_wire()
+    assert dns.message.from_wire(snap.answer(island_ns, False, False)).answer[0][0].address == "192.0.2.53"
     # a.root-servers.net. comes from its own zone, authoritatively ...
     a = dns.message.from_wire(snap.answer(dns.message.make_query("a.root-servers.net.", "A").to_wire(), False, False))
     assert a.flags & dns.flags.AA and a.answer[0][0].address == "198.41.0.4"

@@ -54,9 +54,10 @@ class AnswerClass:
 class NameEntry:
     """What a question at (``exact``) or below (``below``/gaps) one tree name is answered."""
 
-    __slots__ = ("exact", "exact_default", "below", "gap_labels", "gaps")
+    __slots__ = ("exact", "exact_default", "below", "gap_labels", "gaps", "deeper")
 
     def __init__(self):
+        self.deeper = False  # are there entries for names below this one?
         self.exact: dict[int, AnswerClass] = {}
         self.exact_default: AnswerClass | None = None
         self.below: AnswerClass | None = None  # one answer for every name below (referral)
@@ -83,6 +84,18 @@ class CompiledAnswers:
         self._caps = (reference.minimal_cap(False), reference.minimal_cap(True))
         for zone in sorted(reference.zones, key=lambda z: -len(z.origin)):
             self._compile_zone(zone)
+        for zone in reference.zones:
+            # The question name is looked up from the root down: every ancestor of a zone
+            # needs an entry (an empty one defers to the reference path).
+            name = zone.origin
+            while name != dns.name.root:
+                name = name.parent()
+                self.names.setdefault(name.to_wire(), NameEntry())
+        for wire in self.names:
+            if wire != b"\x00":
+                parent = wire[wire[0] + 1 :]
+                if parent in self.names:
+                    self.names[parent].deeper = True
         # Render every distinct answer for IPv4 now; IPv6 variants and answers compressed
         # against deeper names (glue owners) are rendered on first use.
         for answer_class in self._classes:
@@ -181,17 +194,17 @@ class CompiledAnswers:
         else:
             return None
         pos = 12
-        starts = []
+        starts = []  # where each label starts, counted from the start of the name
         length = wire[pos]
         while length:
             if length > 63:
                 return None
-            starts.append(pos)
+            starts.append(pos - 12)
             pos += length + 1
             if pos >= n:
                 return None
             length = wire[pos]
-        starts.append(pos)  # the root label, the last suffix to try
+        starts.append(pos - 12)  # the root label
         qend = pos + 1
         if qend > 267 or qend + 4 > n or wire[qend + 2] != 0 or wire[qend + 3] != 1:
             return None  # name too long, short question, or a class other than IN
@@ -217,23 +230,34 @@ class CompiledAnswers:
                 return None
             do = 0
             limit = 65535 if tcp else UDP_DEFAULT_MAX
+        # Find the deepest name we hold that ends the question name: from the root down,
+        # stopping where the tree ends (an entry with nothing below it, or a miss).
         lname = wire[12:qend].lower()
-        entry = self.names.get(lname)
-        if entry is not None:
-            answer_class = entry.exact.get(qtype) or entry.exact_default
-        else:
-            for k in range(1, len(starts)):
-                entry = self.names.get(lname[starts[k] - 12 :])
+        get = self.names.get
+        entry = None
+        k = found = len(starts) - 1
+        while k >= 0:
+            candidate = get(lname[starts[k] :])
+            if candidate is None:
                 if entry is not None:
                     break
             else:
-                return None
+                entry = candidate
+                found = k
+                if not candidate.deeper:
+                    break
+            k -= 1
+        if entry is None:
+            return None  # in none of our zones: REFUSED, by the reference path
+        if found == 0:
+            answer_class = entry.exact.get(qtype) or entry.exact_default
+        else:
             answer_class = entry.below
             if answer_class is None:
                 gaps = entry.gaps
                 if gaps is None:
                     return None
-                label = lname[starts[k - 1] - 11 : starts[k] - 12]
+                label = lname[starts[found - 1] + 1 : starts[found]]
                 answer_class = gaps[bisect.bisect_right(entry.gap_labels, label)]
         if answer_class is None:
             return None
