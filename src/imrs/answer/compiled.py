@@ -279,7 +279,7 @@ class CompiledAnswers:
             if shape is None:
                 shape = variant.cut[key] = self._cut(answer_class, variant, wire[12:end], limit, tcp, ipv6, do)
         rdcd = (wire[2] & 1) | ((wire[3] >> 3) & 2)
-        return _join((wire[:2], shape[0][has_opt][rdcd], wire[12:end], shape[1], self._opt[do][has_opt]))
+        return _join((wire[:2], shape[0][has_opt][rdcd], wire[12:end], shape[1][has_opt]))
 
     @staticmethod
     def _options_ignorable(wire: bytes, pos: int, n: int) -> bool:
@@ -302,7 +302,7 @@ class CompiledAnswers:
         plan = self._plan(answer_class, do, ipv6)
         question = plan.anchor.to_wire() + b"\x00\x01\x00\x01"
         full = self.reference.render(plan, question, 65535, True, ipv6, bool(do))
-        variant = Variant(plan, full, len(question) - 4, self.reference.minimal_cap(ipv6))
+        variant = Variant(plan, full, len(question) - 4, self.reference.minimal_cap(ipv6), self._opt[do][1])
         answer_class.variants[index] = variant
         return variant
 
@@ -323,7 +323,7 @@ class CompiledAnswers:
         if variant.pieces is not None:
             return variant.select(len(question) - 4, limit, tcp)
         out = self.reference.render(variant.plan, question, limit, tcp, ipv6, bool(do))
-        return _tails(variant.plan, out.counts, out.tc), out.body
+        return _tails(variant.plan, out.counts, out.tc), (out.body, out.body + variant.opt)
 
 
 def _tails(plan: Plan, counts: tuple[int, int, int], tc: bool) -> tuple:
@@ -395,14 +395,15 @@ class Variant:
     not fit keeps the same pieces NSD's rules keep (see :mod:`imrs.answer.render`).
     """
 
-    __slots__ = ("plan", "full", "pointers", "walkable", "fit_len", "pieces", "qlen0", "body_len", "required_len", "cap", "moved", "cut", "delegation")
+    __slots__ = ("plan", "opt", "full", "pointers", "walkable", "fit_len", "pieces", "qlen0", "body_len", "required_len", "cap", "moved", "cut", "delegation")
 
-    def __init__(self, plan: Plan, rendered, qlen0: int, cap: int):
+    def __init__(self, plan: Plan, rendered, qlen0: int, cap: int, opt: bytes):
         self.plan = plan
         self.qlen0 = qlen0
         self.cap = cap
         body = rendered.body
-        self.full = (_tails(plan, rendered.counts, rendered.tc), body)
+        self.opt = opt
+        self.full = (_tails(plan, rendered.counts, rendered.tc), (body, body + opt))
         self.body_len = len(body)
         self.delegation = plan.delegation is not None
         self.moved: dict[int, tuple] = {}
@@ -439,7 +440,8 @@ class Variant:
 
     def relocate(self, qlen: int) -> tuple:
         """The full body for a question name of ``qlen`` octets."""
-        return self.full[0], _move_pointers(self.full[1], self.pointers, qlen - self.qlen0)
+        body = _move_pointers(self.full[1][0], self.pointers, qlen - self.qlen0)
+        return self.full[0], (body, body + self.opt)
 
     def select(self, qlen: int, limit: int, tcp: bool) -> tuple:
         """NSD's rules over precomputed pieces (must match imrs.answer.render.render_plan)."""
@@ -478,7 +480,8 @@ class Variant:
             tc = True
         if not tc and self.delegation:
             tc = any(piece[3] and not kept[i] for i, piece in enumerate(pieces))
-        return _tails(self.plan, (counts[0], counts[1], counts[2]), tc), b"".join(chunks)
+        body = b"".join(chunks)
+        return _tails(self.plan, (counts[0], counts[1], counts[2]), tc), (body, body + self.opt)
 
 
 def _move_pointers(data: bytes, pointers: list[int], delta: int) -> bytes:

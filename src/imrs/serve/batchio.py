@@ -20,9 +20,8 @@ import os
 import sys
 
 VLEN = 64  # datagrams per system call
-SLOT = 4096  # receive buffer per datagram; longer ones are cut and flagged (MSG_TRUNC)
+SLOT = 65536  # receive buffer per datagram: more than any UDP payload, so none is cut short
 _MSG_DONTWAIT = 0x40
-_MSG_TRUNC = 0x20
 _SOCKADDR_SIZE = 28  # sockaddr_in6; IPv4 sockets accept a longer length
 
 
@@ -126,24 +125,36 @@ class BatchSocket:
         view = self._view
         out = []
         for i in range(n):
-            if words[i * 16 + 12] & _MSG_TRUNC:
-                out.append(b"")  # cut short: treated as the junk it then is (dropped)
-                continue
             start = i * SLOT
             out.append(view[start : start + words[i * 16 + 14]].tobytes())
         return out
 
     def reply(self, responses: list[bytes | None]) -> int:
         """Send responses[i] to the sender of datagram i of the last receive(); None sends nothing."""
+        return self.answer_and_reply(responses, _as_is, False, _never)
+
+    def answer_and_reply(self, wires: list[bytes], answer, ipv6: bool, on_error) -> int:
+        """Answer the datagrams of the last receive() and send the answers in one go.
+
+        ``answer(wire, False, ipv6)`` gives the response bytes or None; if it raises,
+        ``on_error()`` is called and that datagram gets no answer.  Returns how many were sent.
+        """
         recv_words = self._recv_words
         send_words = self._send_words
         send_quads = self._send_quads
         iov = self._send_iov_quads
         names = self._names_addr
+        keep = []  # the responses must live until sendmmsg() has copied them
         count = 0
-        for i, response in enumerate(responses):
+        for i, wire in enumerate(wires):
+            try:
+                response = answer(wire, False, ipv6)
+            except Exception:
+                on_error()
+                continue
             if response is None:
                 continue
+            keep.append(response)
             send_quads[count * 8] = names + i * _SOCKADDR_SIZE
             send_words[count * 16 + 2] = recv_words[i * 16 + 2]
             iov[count * 2] = id(response) + _BYTES_DATA_OFFSET
@@ -156,3 +167,11 @@ class BatchSocket:
                 break  # socket buffer full or an error: the rest are dropped, like lost packets
             sent += n
         return sent
+
+
+def _as_is(response: bytes | None, _tcp: bool, _ipv6: bool) -> bytes | None:
+    return response
+
+
+def _never() -> None:
+    raise AssertionError("unreachable")

@@ -79,6 +79,7 @@ class UdpListener:
         batch = self._batch
         ipv6 = self.ipv6
         answer = self.holder.current.answer
+        stats = self.stats
         for _ in range(BATCH // batchio.VLEN):
             try:
                 wires = batch.receive()
@@ -86,18 +87,8 @@ class UdpListener:
                 return
             if not wires:
                 return
-            try:
-                responses = [answer(wire, False, ipv6) for wire in wires]
-            except Exception:  # a bug must not stop the server: answer one by one, skip the culprit
-                responses = []
-                for wire in wires:
-                    try:
-                        responses.append(answer(wire, False, ipv6))
-                    except Exception:
-                        self._internal_error()
-                        responses.append(None)
-            self.stats.udp_received += len(wires)
-            self.stats.udp_sent += batch.reply(responses)
+            stats.udp_received += len(wires)
+            stats.udp_sent += batch.answer_and_reply(wires, answer, ipv6, self._internal_error)
             if len(wires) < batchio.VLEN:
                 return
 
