@@ -34,6 +34,8 @@ T = dns.rdatatype
 _HEADER_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _HEADER_ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _join = b"".join
+_unpack_type_class = struct.Struct("!HH").unpack_from
+_unpack_opt = struct.Struct("!BHHIH").unpack_from  # owner, type, payload, ext rcode/version/flags, rdlen
 _SHAPE_CACHE_LIMIT = 200_000  # derived shapes kept (about 150 MB at most) before the caches start afresh
 
 
@@ -195,35 +197,36 @@ class CompiledAnswers:
             return None
         pos = 12
         starts = []  # where each label starts, counted from the start of the name
-        length = wire[pos]
-        while length:
-            if length > 63:
-                return None
-            starts.append(pos - 12)
-            pos += length + 1
-            if pos >= n:
-                return None
-            length = wire[pos]
+        try:
+            length = wire[12]
+            while length:
+                starts.append(pos - 12)
+                pos += length + 1
+                if length > 63:
+                    return None  # a compression pointer or an unknown label type
+                length = wire[pos]
+            qtype, qclass = _unpack_type_class(wire, pos + 1)
+        except (IndexError, struct.error):
+            return None  # the question runs past the end
         starts.append(pos - 12)  # the root label
         qend = pos + 1
-        if qend > 267 or qend + 4 > n or wire[qend + 2] != 0 or wire[qend + 3] != 1:
-            return None  # name too long, short question, or a class other than IN
-        qtype = (wire[qend] << 8) | wire[qend + 1]
-        if qtype == 252 or qtype == 251:
-            return None  # AXFR / IXFR
+        if qend > 267 or qclass != 1 or qtype == 252 or qtype == 251:
+            return None  # name too long, a class other than IN, or AXFR / IXFR
         end = qend + 4
         if has_opt:
             # An OPT record exactly at the end, version 0; options other than NSID are ignored
             # (RFC 6891 6.1.2), anything else goes the slow way.
-            if n < end + 11 or wire[end] != 0 or wire[end + 1] != 0 or wire[end + 2] != 41 or wire[end + 6] != 0:
+            if n < end + 11:
                 return None
-            if (n != end + 11 or wire[end + 9] or wire[end + 10]) and not self._options_ignorable(wire, end + 11, n):
+            owner, rrtype, payload, ttl, rdlen = _unpack_opt(wire, end)
+            if owner or rrtype != 41 or ttl & 0xFF0000:
+                return None  # not an OPT with the root as owner, or EDNS version > 0
+            if (rdlen or n != end + 11) and not self._options_ignorable(wire, end + 11, n):
                 return None
-            do = wire[end + 7] >> 7
+            do = (ttl >> 15) & 1
             if tcp:
                 limit = 65535 - 11
             else:
-                payload = (wire[end + 3] << 8) | wire[end + 4]
                 limit = (payload if payload < self._edns_size else self._edns_size) - 11 if payload > UDP_DEFAULT_MAX else UDP_DEFAULT_MAX - 11
         else:
             if n != end:
