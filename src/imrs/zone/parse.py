@@ -45,22 +45,44 @@ def guess_origin(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _from_text(text: str, source: str, origin: str | None) -> dns.zone.Zone:
+    return dns.zone.from_text(
+        text,
+        origin=dns.name.from_text(origin) if origin else None,
+        relativize=False,
+        filename=source,
+        check_origin=True,
+    )
+
+
+def _culprit_line(text: str, source: str, origin: str | None, line: int) -> int:
+    """The line at fault: dnspython names the next line when a record's data is found bad
+    only after its end of line was read.  If the text before ``line`` already fails, the
+    fault is on the line before."""
+    if line <= 1:
+        return line
+    prefix = "".join(text.splitlines(keepends=True)[: line - 1])
+    try:
+        _from_text(prefix, source, origin)
+    except dns.exception.SyntaxError:
+        return line - 1
+    except dns.exception.DNSException:
+        pass
+    return line
+
+
 def parse_zone_text(text: str, source: str, origin: str | None = None) -> ZoneData:
     """Parse master-file text into ZoneData; ``source`` names it in errors."""
     if origin is None and "$ORIGIN" not in text.upper():
         origin = guess_origin(text)
+        if origin is None:
+            raise ZoneFileError(source, None, "no SOA record and no $ORIGIN: cannot tell which zone this is")
     try:
-        zone = dns.zone.from_text(
-            text,
-            origin=dns.name.from_text(origin) if origin else None,
-            relativize=False,
-            filename=source,
-            check_origin=True,
-        )
+        zone = _from_text(text, source, origin)
     except dns.exception.SyntaxError as exc:
         match = _LINE_RE.match(str(exc))
         if match:
-            raise ZoneFileError(source, int(match["line"]), match["msg"]) from None
+            raise ZoneFileError(source, _culprit_line(text, source, origin, int(match["line"])), match["msg"]) from None
         raise ZoneFileError(source, None, str(exc)) from None
     except dns.zone.NoSOA:
         raise ZoneFileError(source, None, "no SOA record at the zone apex") from None
