@@ -217,3 +217,14 @@ def test_shape_caches_stay_bounded(snapshot, monkeypatch):
         assert compiled._shape_count <= 50
     cached = sum(len(v.moved) + len(v.cut) for c in compiled._classes for v in c.variants if v is not None)
     assert cached <= 50
+
+
+def test_a_fast_path_failure_falls_back_to_the_reference(snapshot, monkeypatch):
+    wire = dns.message.make_query("www.example.com.", "A", want_dnssec=True).to_wire()
+    expected = snapshot.reference.respond(wire, False, False)
+
+    def broken(*_args):
+        raise RuntimeError("simulated fast-path bug")
+
+    monkeypatch.setattr(snapshot.compiled, "answer", broken)
+    assert snapshot.answer(wire, False, False) == expected

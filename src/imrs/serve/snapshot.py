@@ -31,10 +31,25 @@ class Snapshot:
     def answer(self, wire: bytes, tcp: bool, ipv6: bool) -> bytes | None:
         """The response bytes, or None to send nothing: fast path first, reference after."""
         if self.compiled is not None:
-            out = self.compiled.answer(wire, tcp, ipv6)
+            try:
+                out = self.compiled.answer(wire, tcp, ipv6)
+            except Exception:  # a fast-path bug must cost speed, not answers
+                _log_fast_path_failure(wire)
+                out = None
             if out is not None:
                 return out
         return self.reference.respond(wire, tcp, ipv6)
+
+
+_last_fast_path_log = 0.0
+
+
+def _log_fast_path_failure(wire: bytes) -> None:
+    global _last_fast_path_log
+    now = time.monotonic()
+    if now - _last_fast_path_log > 10:
+        _last_fast_path_log = now
+        log.exception("fast path failed on query %s; answered by the reference path (logged every 10 s)", wire.hex())
 
 
 def build_snapshot(zones: list[ZoneData], options: AnswerOptions, compile_answers: bool = True) -> Snapshot:
