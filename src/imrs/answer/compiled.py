@@ -8,12 +8,14 @@ IPv4 and IPv6).  Per packet the work is: check the header, walk the question nam
 the entry, and copy the rendered bytes, spliced with the query's ID, RD/CD bits, question
 (with its letter case) and OPT record.
 
-A rendered response depends on the question only through the length of its name (which
-moves every compression pointer) and on the size limit; it is rendered once per such
-*shape* by the reference encoder and kept.  Anything unusual (EDNS options, other classes,
-zone transfers, trailing data, names outside the served zones, wildcards, DNAME) is left to
-the reference path by returning None.  tests/test_compiled.py proves both paths give the
-same bytes.
+Each answer class is rendered in full once (a :class:`Variant`) with its anchor name as the
+question.  A real question changes the response only through the length of its name, which
+moves every compression pointer by the same amount, and through the size limit.  So a
+*shape* (question length, size limit, transport) is derived from the full rendering by
+moving pointers or, when not all of it fits, by keeping the pieces NSD's rules keep, and
+cached (bounded).  Anything unusual (NSID, other classes, zone transfers, trailing data,
+names outside the served zones, wildcards, DNAME, CNAME) is left to the reference path by
+returning None.  tests/test_compiled.py proves both paths give the same bytes.
 """
 
 from __future__ import annotations
