@@ -9,6 +9,7 @@ split naively: the fields after comm are taken from the *last* ")".
 from __future__ import annotations
 
 import os
+import random
 import socket
 import struct
 import time
@@ -23,27 +24,33 @@ def _check_local(host: str) -> None:
         raise ValueError(f"refusing to send DNS traffic to non-local address {host!r}")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is currently free for both UDP and TCP on `host`."""
+    """A port that is currently free for both UDP and TCP on `host`.
+
+    Chosen below the ephemeral range: a client socket could otherwise be given the same
+    port while the server starts (taking it from the server, or talking to itself).
+    """
     _check_local(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(200):
-        u = socket.socket(family, socket.SOCK_DGRAM)
+    low, _high = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randint(max(1024, low - 12000), low - 1)
         try:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            if port < 1024:
-                continue
-            t = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                t.bind((host, port))
-            except OSError:
-                continue
-            finally:
-                t.close()
-            return port
-        finally:
-            u.close()
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(family, kind) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
     raise RuntimeError("could not find a free UDP+TCP port")
 
 
@@ -67,7 +74,9 @@ def udp_once(host: str, port: int, wire: bytes, timeout: float = 0.5) -> bytes |
             deadline = time.monotonic() + timeout
             while True:
                 data = s.recv(65535)
-                if data[:2] == wire[:2]:
+                # QR must be set: a socket whose ephemeral port equals the server's port is
+                # connected to itself and would read back its own query
+                if data[:2] == wire[:2] and len(data) > 2 and data[2] & 0x80:
                     return data
                 if time.monotonic() > deadline:
                     return None
@@ -87,7 +96,8 @@ def tcp_once(host: str, port: int, wire: bytes, timeout: float = 2.0) -> bytes |
                     return None
                 buf += chunk
             n = struct.unpack("!H", buf[:2])[0]
-            return buf[2 : 2 + n]
+            reply = buf[2 : 2 + n]
+            return reply if len(reply) > 2 and reply[2] & 0x80 else None  # not our own query (self-connect)
     except OSError:
         return None
 

@@ -55,7 +55,10 @@ def bind_sockets(address: ListenAddress) -> tuple[socket.socket, socket.socket]:
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             sock = socket.socket(address.family, kind)
             made.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if kind == socket.SOCK_STREAM:
+                # restart without waiting out TIME_WAIT; not for UDP, where it would let two
+                # servers share the port unnoticed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if address.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if kind == socket.SOCK_DGRAM:
