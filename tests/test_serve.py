@@ -206,3 +206,11 @@ def test_refused_outside_the_zones_sigterm_and_both_udp_paths(tmp_path):
     assert dns.message.from_wire(batched[1]).rcode() == dns.rcode.REFUSED
     assert dns.message.from_wire(batched[0]).answer[0][0].address == "192.0.2.1"
     assert dns.message.from_wire(batched[3]).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_a_port_in_use_is_a_clear_error(server, tmp_path):
+    zone = tmp_path / "example.zone"
+    zone.write_text(SMALL)
+    result = _run_imrs(["serve", "--zone", str(zone), "--listen", f"127.0.0.1:{server.port}"])
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr and "Traceback" not in result.stderr
