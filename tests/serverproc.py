@@ -24,7 +24,6 @@ from pathlib import Path
 import dns.message
 import dns.name
 import dns.rdatatype
-
 from peers import proc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +47,7 @@ def imrs_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def imrs_run(args: list[str], cwd: str | os.PathLike, timeout: float = 30, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m imrs ARGS` to completion (for commands that exit on their own)."""
     return subprocess.run([sys.executable, "-m", "imrs", *args], cwd=cwd, env=imrs_env(env), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 def listen_text(host: str, port: int) -> str:
@@ -98,7 +97,7 @@ class ServerProc:
             cmd += ["--listen", listen_text(host, self.port)]
         return cmd
 
-    def start(self) -> "ServerProc":
+    def start(self) -> ServerProc:
         if self.fixed_port is None:
             self.port = proc.free_port(self.hosts[0])
         with open(self.stderr_path, "wb") as err:
@@ -119,7 +118,7 @@ class ServerProc:
                 return False
         return True
 
-    def wait_ready(self, timeout: float = 90.0) -> "ServerProc":
+    def wait_ready(self, timeout: float = 90.0) -> ServerProc:
         for attempt in range(3):
             deadline = time.monotonic() + timeout
             while True:
@@ -268,7 +267,7 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> float | None:
             data = sock.recv(65536)
         except (ConnectionResetError, BrokenPipeError):
             return time.monotonic() - t0
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
         if not data:
             return time.monotonic() - t0
@@ -299,9 +298,9 @@ def udp_ask(host: str, port: int, wire: bytes, timeout: float = 2.0) -> bytes | 
         while time.monotonic() < deadline:
             try:
                 data = s.recv(65535)
-            except (TimeoutError, socket.timeout, ConnectionRefusedError):
+            except (TimeoutError, ConnectionRefusedError):
                 return None
-            if data[:2] == wire[:2]:
+            if data[:2] == wire[:2] and len(data) > 2 and data[2] & 0x80:  # QR: not our own query
                 return data
         return None
 

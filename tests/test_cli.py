@@ -16,8 +16,7 @@ import dns.flags
 import dns.rcode
 import dns.rdatatype
 import pytest
-
-from imrs import __version__
+from peers import proc
 from serverproc import (
     SMALL_ZONE,
     ServerProc,
@@ -29,7 +28,8 @@ from serverproc import (
     tcp_connect,
     udp_ask,
 )
-from peers import proc
+
+from imrs import __version__
 
 DEFAULT_PORT = 5300
 
@@ -60,7 +60,7 @@ def _port_free(host: str, port: int) -> str | None:
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory):
     """`python -m imrs serve` with no arguments, started at module setup (the embedded root
-    takes seconds to load, so the other tests run meanwhile); None if port 5300 is busy."""
+    takes seconds to load, so the other tests run meanwhile); a string saying why if 5300 is busy."""
     busy = _port_free("127.0.0.1", DEFAULT_PORT)
     if busy:
         yield busy
@@ -173,8 +173,11 @@ def test_sigterm_stops_with_status_0(tmp_path, zones):
     assert took < 5, f"took {took:.1f} s to stop"
     assert "Traceback" not in srv.stderr()
     assert "stopped" in srv.stderr()
-    # the port is free again
-    assert _port_free("127.0.0.1", srv.port) is None
+    # the port is free again (for a server, which binds TCP with SO_REUSEADDR: TIME_WAIT is fine)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        u.bind(("127.0.0.1", srv.port))
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind(("127.0.0.1", srv.port))
 
 
 def test_sigint_stops_with_status_0(tmp_path, zones):
@@ -196,6 +199,10 @@ def test_no_arguments_serves_the_embedded_root_on_port_5300(default_server):
         if "in use" in str(exc):
             pytest.skip(f"port {DEFAULT_PORT} was taken by another process: {exc}")
         raise
+    time.sleep(0.2)
+    if not srv.alive() and "in use" in srv.stderr():  # someone else's server answered the probe
+        pytest.skip(f"port {DEFAULT_PORT} was taken by another process")
+    assert srv.alive()
     msg = parse(udp_ask("127.0.0.1", DEFAULT_PORT, query(".", "SOA", 31)))
     assert msg.flags & dns.flags.AA and msg.answer[0][0].serial == 2026082201
     msg = parse(tcp_ask("127.0.0.1", DEFAULT_PORT, query("com.", "NS", 32, do=True)))
@@ -216,6 +223,10 @@ BAD_ZONES = [
     # (text, line of the error)
     ("$ORIGIN example.\n$TTL 3600\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nns1 A 127.0.0.1\n\nwww BOGUS x\nz A 1.2.3.4\n", 7),
     ("$ORIGIN example.\n$TTL 3600\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nw..x A 127.0.0.1\nz A 1.2.3.4\n", 5),
+    # errors in the RDATA, found after dnspython has read the end of the line
+    ("$ORIGIN example.\n$TTL 3600\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nwww A 999.1.1.1\nz A 1.2.3.4\n", 5),
+    ("$ORIGIN example.\n$TTL 3600\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\n\nwww MX 10\nz A 1.2.3.4\n", 6),
+    ("$ORIGIN example.\n$TTL 3600\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nwww A 1.2.3.4 extra\nz A 1.2.3.4\n", 5),
 ]
 
 
@@ -228,16 +239,6 @@ def test_zone_syntax_error_names_file_and_line(tmp_path, text, line):
     assert result.returncode != 0
     _ok_no_traceback(result)
     assert f"{bad}:{line}:" in result.stderr, result.stderr
-
-
-@pytest.mark.xfail(strict=True, reason="BUG: zone errors found in RDATA are reported one line too late "
-                   "(dnspython's tokenizer has already read the end of line)")
-def test_zone_rdata_error_names_the_right_line(tmp_path):
-    bad = tmp_path / "bad.zone"
-    bad.write_text("$ORIGIN example.\n$TTL 3600\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nwww A 999.1.1.1\nz A 1.2.3.4\n")
-    result = imrs_run(["serve", "--zone", str(bad), "--listen", f"127.0.0.1:{proc.free_port()}"], tmp_path)
-    assert result.returncode != 0
-    assert f"{bad}:5:" in result.stderr, result.stderr
 
 
 def test_zone_without_soa_is_an_error(tmp_path):
@@ -256,6 +257,15 @@ def test_missing_zone_file(tmp_path):
     _ok_no_traceback(result)
     assert str(missing) in result.stderr
     assert "does not exist" in result.stderr or "no such file" in result.stderr.lower()
+
+
+def test_corrupt_gzip_zone_is_a_clear_error(tmp_path):
+    bad = tmp_path / "root.zone.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00not gzip at all")
+    result = imrs_run(["serve", "--zone", str(bad), "--listen", f"127.0.0.1:{proc.free_port()}"], tmp_path)
+    assert result.returncode == 1
+    _ok_no_traceback(result)
+    assert str(bad) in result.stderr
 
 
 def test_zone_is_a_directory(tmp_path):
@@ -350,7 +360,7 @@ def test_console_script_version(tmp_path):
     script = Path(sys.executable).with_name("imrs")
     if not script.exists():
         pytest.skip(f"no console script next to {sys.executable}")
-    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0 and result.stdout.strip() == f"imrs {__version__}"
 
 

@@ -21,7 +21,6 @@ import dns.rcode
 import dns.rdatatype
 import dns.zone
 import pytest
-
 from serverproc import (
     SMALL_ZONE,
     ServerProc,
@@ -230,7 +229,7 @@ def test_client_that_never_reads_does_not_stop_the_server(servers):
         hog.settimeout(5)
         try:
             hog.sendall(blob)
-        except (TimeoutError, socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass  # the server stopped reading from us, or already dropped us: both fine
         t0 = time.monotonic()
         # others are served meanwhile

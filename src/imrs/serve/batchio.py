@@ -22,6 +22,7 @@ import sys
 VLEN = 64  # datagrams per system call
 SLOT = 65536  # receive buffer per datagram: more than any UDP payload, so none is cut short
 _MSG_DONTWAIT = 0x40
+_MSG_TRUNC = 0x20
 _SOCKADDR_SIZE = 28  # sockaddr_in6; IPv4 sockets accept a longer length
 
 
@@ -125,6 +126,9 @@ class BatchSocket:
         view = self._view
         out = []
         for i in range(n):
+            if words[i * 16 + 12] & _MSG_TRUNC:
+                out.append(b"")  # cut short (not possible over IP, but on other sockets): junk, dropped
+                continue
             start = i * SLOT
             out.append(view[start : start + words[i * 16 + 14]].tobytes())
         return out

@@ -11,6 +11,7 @@ import gzip
 import importlib.resources
 import os
 import re
+import zlib
 
 import dns.exception
 import dns.name
@@ -36,6 +37,7 @@ class ZoneFileError(Exception):
 _LINE_RE = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<msg>.*)$", re.S)
 
 
+_ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.M | re.I)
 _SOA_OWNER_RE = re.compile(r"^(\S*\.)\s.*?\bSOA\b", re.M | re.I)
 
 
@@ -43,6 +45,20 @@ def guess_origin(text: str) -> str | None:
     """The zone's origin when the file has no $ORIGIN: the owner of its first SOA record."""
     match = _SOA_OWNER_RE.search(text)
     return match.group(1) if match else None
+
+
+def _check_owners_in_zone(text: str, source: str, origin: str) -> None:
+    """dnspython skips records outside the zone without a word; name the first one instead.
+    (Absolute owner names only: relative ones are inside by construction.)"""
+    suffix = origin.lower()
+    if suffix == ".":
+        return  # everything is inside the root zone
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line or line[0] in " \t;$(":
+            continue
+        owner = line.split(None, 1)[0].lower()
+        if owner.endswith(".") and owner != suffix and not owner.endswith("." + suffix):
+            raise ZoneFileError(source, number, f"{owner} is outside the zone {origin}")
 
 
 def _from_text(text: str, source: str, origin: str | None) -> dns.zone.Zone:
@@ -73,10 +89,16 @@ def _culprit_line(text: str, source: str, origin: str | None, line: int) -> int:
 
 def parse_zone_text(text: str, source: str, origin: str | None = None) -> ZoneData:
     """Parse master-file text into ZoneData; ``source`` names it in errors."""
-    if origin is None and "$ORIGIN" not in text.upper():
+    if origin is None:
         origin = guess_origin(text)
-        if origin is None:
-            raise ZoneFileError(source, None, "no SOA record and no $ORIGIN: cannot tell which zone this is")
+        if origin is None and "$ORIGIN" not in text.upper():
+            raise ZoneFileError(
+                source, None, "cannot tell which zone this is: no SOA with an absolute owner name, and no $ORIGIN"
+            )
+    directive = _ORIGIN_RE.search(text)
+    apex = origin or (directive.group(1) if directive else None)
+    if apex is not None and apex.endswith("."):
+        _check_owners_in_zone(text, source, apex)
     try:
         zone = _from_text(text, source, origin)
     except dns.exception.SyntaxError as exc:
@@ -115,7 +137,7 @@ def read_zone_source(path: str) -> str:
         raise ZoneFileError(path, None, "is a directory, not a zone file") from None
     except PermissionError:
         raise ZoneFileError(path, None, "permission denied") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ZoneFileError(path, None, f"cannot read: {exc}") from None
     except UnicodeDecodeError as exc:
         line = blob[: exc.start].count(b"\n") + 1
