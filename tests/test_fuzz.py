@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from fuzzlib import (
-    C_ANY, C_CH, C_HS, C_IN, C_NONE, CD, CHAOS_NAMES, COMMON_QTYPES, EDNS_PAYLOADS, HOST, RD, AD,
-    T_IXFR, T_OPT, T_SOA, T_TSIG, Checker, PacketFactory, Pkt, TcpScript, UdpDriver, edns_option,
+    C_ANY, C_CH, C_HS, C_IN, C_NONE, CD, CHAOS_NAMES, COMMON_QTYPES, EDNS_PAYLOADS, RD, AD,
+    T_IXFR, T_SOA, T_TSIG, Checker, PacketFactory, Pkt, TcpScript, UdpDriver, edns_option,
     frame, header, labels_wire, name_wire, opt_rr, rr, run_tcp_scripts, soa_query, split_chunks,
     zone_names,
 )

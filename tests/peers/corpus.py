@@ -269,7 +269,7 @@ def build_corpus(zonefile: str | Path, seed: int = 1, *, scale: float = 1.0) -> 
         for sub in ("", "www.", "wpad.", "_ldap._tcp.dc._msdcs.", "printer.", f"{_label(rng, 6)}."):
             if fresh(p):
                 nx_add("private", f"{sub}{p}.")
-    first, last = tlds[0].to_text(), tlds[-1].to_text()
+    first = tlds[0].to_text()
     edge = ["a.", "aa.", "aaa0.", "0.", "00.", "-.", "0-0.", "a-.", "\\000.", "\\001a.", "!.", "_.",
             "_tcp.", "zz.", "zzz.", "zzzzzzzzzz.", "zx.", "zy.", "zwa.", "zw0.", "~.", "\\127.",
             "\\255.", "\\255\\255\\255.", "xn--zzzzzz.", "xn--.", "xn--0.", "zz\\255."]
