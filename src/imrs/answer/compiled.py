@@ -400,7 +400,7 @@ class Variant:
     not fit keeps the same pieces NSD's rules keep (see :mod:`imrs.answer.render`).
     """
 
-    __slots__ = ("plan", "opt", "full", "pointers", "walkable", "fit_len", "pieces", "qlen0", "body_len", "required_len", "cap", "moved", "cut", "delegation")
+    __slots__ = ("plan", "opt", "full", "pointers", "fit_len", "pieces", "qlen0", "cap", "moved", "cut", "delegation")
 
     def __init__(self, plan: Plan, rendered, qlen0: int, cap: int, opt: bytes):
         self.plan = plan
@@ -409,17 +409,15 @@ class Variant:
         body = rendered.body
         self.opt = opt
         self.full = (_tails(plan, rendered.counts, rendered.tc), (body, body + opt))
-        self.body_len = len(body)
         self.delegation = plan.delegation is not None
         self.moved: dict[int, tuple] = {}
         self.cut: dict[int, tuple] = {}
         base = 12 + qlen0 + 4
         pointers = find_pointers(body)
-        self.walkable = pointers is not None
         self.pointers = pointers or []
         # Octets the whole body needs after the question; a body whose pointers we cannot
         # find never "fits", so the reference encoder renders its shapes.
-        self.fit_len = len(body) if self.walkable else 1 << 30
+        self.fit_len = len(body) if pointers is not None else 1 << 30
         # Pieces, in encoding order: (section, bytes, record count, in-domain glue, pointer offsets).
         order = sorted((i for i, e in enumerate(plan.entries) if rendered.kept[i]), key=lambda i: rendered.spans[i][0])
         pieces = []
@@ -431,7 +429,6 @@ class Variant:
             pieces.append((entry.section, body[lo:hi], _count(entry, plan), entry.in_domain_glue, ptrs))
             if not entry.section.required and optional_start is None:
                 optional_start = lo
-        self.required_len = optional_start if optional_start is not None else len(body)
         self.pieces = pieces
         # Selecting pieces is safe only if no pointer leads into optional pieces (which may go).
         if pointers is None or len(order) != len(plan.entries) or rendered.tc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import dns.name
 import dns.rdataclass
@@ -100,9 +100,6 @@ class ZoneData:
     def secure(self) -> bool:
         """Signed with NSEC: DNSSEC records are added to answers for DO queries."""
         return dns.rdatatype.DNSKEY in self.apex.rrsets and bool(self.nsec_owners)
-
-    def contains(self, name: Name) -> bool:
-        return name.is_subdomain(self.origin)
 
     def find_delegation(self, name: Name) -> Name | None:
         """The highest delegation point at or above ``name`` (below the apex), if any."""
@@ -224,6 +221,3 @@ def _with_ttl(rrset: RRset, ttl: int) -> RRset:
     out.ttl = ttl
     return out
 
-
-def zone_names(zones: Iterable[ZoneData]) -> list[str]:
-    return [z.origin.to_text() for z in zones]
