@@ -342,7 +342,7 @@ def test_listen_address_str_roundtrip() -> None:
         ('[server]\n"odd key" = 1\n', 2, 'server."odd key"', "unknown key"),
         ('[[zone]]\nfile = "root.zone"\nnmae = "."\n', 3, "zone[0].nmae", "did you mean 'name'?"),
         # zones
-        ('[[zone]]\nname = "."\n', 1, "zone[0]", "missing required key 'file'"),
+        ('[[zone]]\nname = "."\n', 1, "zone[0]", "needs 'file', 'sources' or both"),
         ('[[zone]]\nfile = "nope.zone"\n', 2, "zone[0].file", "zone file does not exist"),
         ('[[zone]]\nfile = "zones"\n', 2, "zone[0].file", "not a regular file"),
         ('[[zone]]\nfile = ""\n', 2, "zone[0].file", "empty"),
@@ -746,3 +746,90 @@ def test_mutated_valid_file_never_crashes(zdir: Path, data: st.DataObject) -> No
     insert = data.draw(st.binary(max_size=8) | st.sampled_from([b"\n", b"[", b'"', b"=", b"]]", b"'''", b"\xff"]))
     mutated = base[:pos] + insert + base[pos + cut :]
     check_never_crashes(zdir / "mutated.toml", mutated)
+
+
+# -- zones kept fresh from sources (issue 3) ------------------------------------------------
+
+
+def test_managed_zone_keys(tmp_path: Path) -> None:
+    anchor = tmp_path / "root.ds"
+    anchor.write_text(". IN DS 20326 8 2 e06d44b80b8f1d39a95c0b0d7c65d08458e880409bbc683457104237c7f8ec8d\n")
+    path = write(tmp_path, f"""
+[server]
+state-dir = "state"
+
+[[tsig-key]]
+name = "xfr-key"
+algorithm = "hmac-sha512"
+secret = "c2VjcmV0LXNlY3JldA=="
+
+[[zone]]
+name = "."
+sources = ["ixfr://192.0.2.1:5353?tsig=xfr-key", "https://www.internic.net/domain/root.zone", "/var/lib/root.zone"]
+anchor = "{anchor}"
+require-zonemd = true
+signature-margin = 86400
+refresh-min = 30
+refresh-max = 600
+expire-max = 5
+expire-min = 2
+allow-notify = ["192.0.2.1", "2001:db8::/32"]
+notify = ["127.0.0.1:5399"]
+allow-transfer = ["127.0.0.0/8", "10.0.0.0/8 key xfr-key"]
+on-expiry = "SERVFAIL"
+check-sources = true
+""")
+    settings = load_config(path)
+    assert settings.state_dir == str(tmp_path / "state")
+    assert [(k.name, k.algorithm, k.secret) for k in settings.tsig_keys] == [("xfr-key.", "hmac-sha512", b"secret-secret")]
+    zone = settings.zones[0]
+    assert zone.managed and zone.file is None
+    assert zone.sources[0] == "ixfr://192.0.2.1:5353?tsig=xfr-key"
+    assert zone.anchor == str(anchor)
+    assert zone.require_zonemd and zone.check_sources
+    assert zone.signature_margin == 86400.0
+    assert zone.refresh == (30, 600) and zone.expire == (2, 5) and zone.retry == ZoneConfig.retry
+    assert zone.allow_notify == ("192.0.2.1", "2001:db8::/32")
+    assert zone.allow_transfer == ("127.0.0.0/8", "10.0.0.0/8 key xfr-key")
+    assert zone.on_expiry == "servfail"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "fragment"),
+    [
+        ('sources = ["gopher://x"]', "zone[0].sources", "unknown scheme 'gopher'"),
+        ('sources = ["ixfr://not-an-ip:53"]', "zone[0].sources", "not-an-ip"),
+        ('sources = ["relative/path.zone"]', "zone[0].sources", "absolute path"),
+        ('sources = ["axfr://127.0.0.1:53?tsig=nokey"]', "zone[0].sources", "TSIG key 'nokey.' is not defined"),
+        ('sources = ["/x"]\nallow-notify = ["300.1.1.1"]', "zone[0].allow-notify", "not an IP address"),
+        ('sources = ["/x"]\nallow-transfer = ["10.0.0.0/8 nokey"]', "zone[0].allow-transfer", "CIDR key NAME"),
+        ('sources = ["/x"]\nnotify = ["127.0.0.1:99999"]', "zone[0].notify", "out of range"),
+        ('sources = ["/x"]\non-expiry = "explode"', "zone[0].on-expiry", "refuse, servfail, drop"),
+        ('sources = ["/x"]\nrefresh-min = 100\nrefresh-max = 10', "zone[0]", "refresh-min (100) is greater"),
+        ('sources = ["/x"]\nexpire-max = 0', "zone[0].expire-max", "must be between 1"),
+        ('sources = ["/x"]\nanchor = "/no/such/anchor"', "zone[0].anchor", "anchor file does not exist"),
+        ('sources = ["/x"]\nrequire-zonemd = "yes"', "zone[0].require-zonemd", "boolean"),
+    ],
+)
+def test_managed_zone_errors(tmp_path: Path, body: str, key: str, fragment: str) -> None:
+    path = write(tmp_path, f'[[zone]]\nname = "."\n{body}\n')
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    issues = excinfo.value.errors
+    assert any(issue.key == key and fragment in issue.message for issue in issues), [str(i) for i in issues]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('name = "k"\nsecret = "!!notbase64"', "not valid base64"),
+        ('name = "k"\nalgorithm = "md5"\nsecret = "YQ=="', "unknown TSIG algorithm"),
+        ('secret = "YQ=="', "missing required key 'name'"),
+        ('name = "k"\nsecret = "YQ=="\ncolour = "red"', "unknown key 'colour'"),
+    ],
+)
+def test_tsig_key_errors(tmp_path: Path, body: str, fragment: str) -> None:
+    path = write(tmp_path, f"[[tsig-key]]\n{body}\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert any(fragment in issue.message and issue.key == "tsig-key[0]" for issue in excinfo.value.errors)

@@ -37,6 +37,7 @@ No input file, however malformed, makes :func:`load_config` raise anything but
 
 from __future__ import annotations
 
+import base64
 import bisect
 import dataclasses
 import datetime
@@ -140,8 +141,46 @@ class ZoneConfig:
     (defaulting to the root, ``"."``).
     """
 
-    file: str
+    file: str | None = None
     name: str | None = None
+    #: Where new versions come from, tried in order (``ixfr://ADDR:PORT``, ``axfr://...``,
+    #: ``https://...``, ``file:///...``); empty for a zone served from ``file`` alone.
+    sources: tuple[str, ...] = ()
+    #: Trust anchor: a DS/DNSKEY file or root-anchors.xml, ``"iana"`` for the packaged IANA
+    #: root anchor, ``"none"`` for no DNSSEC check; None = ``"iana"`` for a root zone that
+    #: has sources, else none.
+    anchor: str | None = None
+    require_zonemd: bool = False
+    #: Refuse a version whose signatures expire within this many seconds.
+    signature_margin: float = 0.0
+    #: (floor, ceiling) in seconds for the SOA refresh, retry and expire timers.
+    refresh: tuple[int, int] = (5, 86400)
+    retry: tuple[int, int] = (5, 3600)
+    expire: tuple[int, int] = (60, 2419200)
+    #: Addresses (CIDR) whose NOTIFY is accepted; empty = the addresses of the primaries.
+    allow_notify: tuple[str, ...] = ()
+    #: Downstreams ("ADDR:PORT") sent a NOTIFY on every new version.
+    notify: tuple[str, ...] = ()
+    #: Who may transfer the zone: "CIDR" or "CIDR key NAME" (TSIG required).
+    allow_transfer: tuple[str, ...] = ()
+    #: What an expired zone answers: "refuse", "servfail" or "drop".
+    on_expiry: str = "refuse"
+    #: Compare the SOA serial and ZONEMD of every source on each refresh.
+    check_sources: bool = False
+
+    @property
+    def managed(self) -> bool:
+        """Whether the zone is kept fresh from sources (timers, NOTIFY, expiry)."""
+        return bool(self.sources)
+
+
+@dataclass(frozen=True)
+class TsigKeyConfig:
+    """A TSIG key (RFC 8945) named in sources and transfer ACLs."""
+
+    name: str
+    algorithm: str
+    secret: bytes
 
 
 def _default_identity() -> str:
@@ -181,6 +220,12 @@ class Settings:
     nsid: bytes | None = None
     #: One of :data:`LOG_LEVELS`.
     log_level: str = "info"
+    #: Where the last verified version of each managed zone is kept; None = not kept.
+    state_dir: str | None = None
+    #: TSIG keys by name.
+    tsig_keys: tuple[TsigKeyConfig, ...] = ()
+    #: Clock for signature validity (seconds since the epoch); None = the real clock.
+    validation_time: float | None = None
 
 
 def default_settings() -> Settings:
@@ -577,9 +622,32 @@ _SERVER_KEYS: tuple[str, ...] = (
     "hide-version",
     "nsid",
     "log-level",
+    "state-dir",
 )
-_ZONE_KEYS: tuple[str, ...] = ("file", "name")
-_SECTIONS: tuple[str, ...] = ("server", "zone")
+_ZONE_KEYS: tuple[str, ...] = (
+    "file",
+    "name",
+    "sources",
+    "anchor",
+    "require-zonemd",
+    "signature-margin",
+    "refresh-min",
+    "refresh-max",
+    "retry-min",
+    "retry-max",
+    "expire-min",
+    "expire-max",
+    "allow-notify",
+    "notify",
+    "allow-transfer",
+    "on-expiry",
+    "check-sources",
+)
+_TSIG_KEYS: tuple[str, ...] = ("name", "algorithm", "secret")
+TSIG_ALGORITHMS: tuple[str, ...] = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha1", "hmac-sha224")
+ON_EXPIRY: tuple[str, ...] = ("refuse", "servfail", "drop")
+_SOURCE_SCHEMES: tuple[str, ...] = ("ixfr", "axfr", "http", "https", "file")
+_SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key")
 
 
 class _Invalid(Exception):
@@ -741,19 +809,99 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _check_zone_file(path: str) -> None:
+def _check_zone_file(path: str, what: str = "zone file") -> None:
     """Raise :class:`_Invalid` unless ``path`` is a readable regular file."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise _Invalid(f"zone file does not exist: {path}") from None
+        raise _Invalid(f"{what} does not exist: {path}") from None
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise _Invalid(f"cannot access zone file {path}: {reason}") from None
+        raise _Invalid(f"cannot access {what} {path}: {reason}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise _Invalid(f"zone file is not a regular file: {path}")
+        raise _Invalid(f"{what} is not a regular file: {path}")
     if not os.access(path, os.R_OK):
-        raise _Invalid(f"zone file is not readable: {path}")
+        raise _Invalid(f"{what} is not readable: {path}")
+
+
+def _want_strings(value: object, check: Callable[[str], None] = lambda _: None) -> tuple[str, ...]:
+    """An array of strings (one string is also accepted), each passed through ``check``."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise _wrong_type("an array of strings", value)
+    result = []
+    for item in items:
+        text = _want_str(item)
+        check(text)
+        result.append(text)
+    return tuple(result)
+
+
+def _source_key_name(spec: str) -> str | None:
+    match = re.search(r"[?&]tsig=([^&]+)", spec)
+    return _want_origin(match.group(1)) if match else None
+
+
+def _check_source(spec: str) -> None:
+    scheme, sep, rest = spec.partition("://")
+    if not sep:
+        if not spec.startswith("/"):
+            raise _Invalid(f"source {_show(spec)}: expected ixfr://, axfr://, http(s)://, file:// or an absolute path")
+        return
+    if scheme.lower() not in _SOURCE_SCHEMES:
+        raise _Invalid(f"source {_show(spec)}: unknown scheme {scheme!r}; expected one of {', '.join(_SOURCE_SCHEMES)}")
+    if scheme.lower() in ("ixfr", "axfr"):
+        host = rest.split("?")[0]
+        try:
+            parse_listen(host)
+        except ValueError as exc:
+            raise _Invalid(f"source {_show(spec)}: {exc}") from None
+
+
+def _check_network(text: str) -> None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _Invalid(f"{_show(text)} is not an IP address or network (CIDR)") from None
+
+
+def _check_transfer_rule(text: str) -> None:
+    parts = text.split()
+    if len(parts) not in (1, 3) or (len(parts) == 3 and parts[1] != "key"):
+        raise _Invalid(f"{_show(text)}: expected \"CIDR\" or \"CIDR key NAME\"")
+    _check_network(parts[0])
+
+
+def _check_notify_target(text: str) -> None:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _want_on_expiry(value: object) -> str:
+    text = _want_str(value).lower()
+    if text not in ON_EXPIRY:
+        raise _Invalid(f"expected one of {', '.join(ON_EXPIRY)}, got {_show(value)}")
+    return text
+
+
+def _want_margin(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2**31:
+        raise _wrong_type("a number of seconds (0 or more)", value)
+    return float(value)
+
+
+_ZONE_SIMPLE: dict[str, tuple[str, Callable[[object], object]]] = {
+    "sources": ("sources", lambda v: _want_strings(v, _check_source)),
+    "require-zonemd": ("require_zonemd", _want_bool),
+    "signature-margin": ("signature_margin", _want_margin),
+    "allow-notify": ("allow_notify", lambda v: _want_strings(v, _check_network)),
+    "notify": ("notify", lambda v: _want_strings(v, _check_notify_target)),
+    "allow-transfer": ("allow_transfer", lambda v: _want_strings(v, _check_transfer_rule)),
+    "on-expiry": ("on_expiry", _want_on_expiry),
+    "check-sources": ("check_sources", _want_bool),
+}
 
 
 class _Checker:
@@ -782,14 +930,79 @@ class _Checker:
                 zones = self._zones(content)
                 if zones is not None:
                     values["zones"] = zones
+            elif section == "tsig-key":
+                keys = self._tsig_keys(content)
+                if keys is not None:
+                    values["tsig_keys"] = keys
             elif section in _SERVER_KEYS:
                 self.add(path, "unknown top-level key; did you mean to put it under [server]?")
             else:
                 kind = "section" if isinstance(content, (dict, list)) else "top-level key"
                 self.add(path, f"unknown {kind}{_suggest(section, _SECTIONS)}")
+        self._check_key_names(values)
         if self.issues:
             raise ConfigError.from_issues(sorted(self.issues, key=lambda i: i.line or 0))
         return Settings(**values)
+
+    def _check_key_names(self, values: Mapping[str, Any]) -> None:
+        known = {key.name for key in values.get("tsig_keys", ())}
+        for index, zone in enumerate(values.get("zones", ())):
+            for spec in zone.sources:
+                name = _source_key_name(spec)
+                if name is not None and name not in known:
+                    self.add(("zone", index, "sources"), f"TSIG key {name!r} is not defined in any [[tsig-key]]")
+            for rule in zone.allow_transfer:
+                parts = rule.split()
+                if len(parts) == 3 and _want_origin(parts[2]) not in known:
+                    self.add(("zone", index, "allow-transfer"), f"TSIG key {parts[2]!r} is not defined in any [[tsig-key]]")
+
+    def _directory(self, value: object) -> str:
+        raw = _want_str(value)
+        if not raw:
+            raise _Invalid("directory name is empty")
+        path = os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(raw)))
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise _Invalid(f"not a directory: {path}")
+        return path
+
+    def _tsig_keys(self, value: object) -> tuple[TsigKeyConfig, ...] | None:
+        path: _Path = ("tsig-key",)
+        if not isinstance(value, list):
+            self.add(path, "must be an array of tables: write [[tsig-key]]")
+            return None
+        keys: list[TsigKeyConfig] = []
+        ok = True
+        for index, entry in enumerate(value):
+            kpath: _Path = ("tsig-key", index)
+            if not isinstance(entry, dict):
+                self.add(kpath, f"expected a table, got {_type_name(entry)}")
+                ok = False
+                continue
+            try:
+                for key in entry:
+                    if key not in _TSIG_KEYS:
+                        raise _Invalid(f"unknown key {key!r}{_suggest(key, _TSIG_KEYS)}")
+                for key in ("name", "secret"):
+                    if key not in entry:
+                        raise _Invalid(f"missing required key {key!r}")
+                name = _want_origin(entry["name"])
+                algorithm = _want_str(entry.get("algorithm", "hmac-sha256")).lower()
+                if algorithm not in TSIG_ALGORITHMS:
+                    raise _Invalid(f"unknown TSIG algorithm {algorithm!r}; expected one of {', '.join(TSIG_ALGORITHMS)}")
+                try:
+                    secret = base64.b64decode(_want_str(entry["secret"]), validate=True)
+                except ValueError:
+                    raise _Invalid("secret is not valid base64") from None
+                if not secret:
+                    raise _Invalid("secret is empty")
+                if any(k.name == name for k in keys):
+                    raise _Invalid(f"TSIG key {name} is defined more than once")
+                keys.append(TsigKeyConfig(name, algorithm, secret))
+            except _Invalid as exc:
+                self.add(kpath, str(exc))
+                ok = False
+        return tuple(keys) if ok else None
+
 
     def _server(self, table: Mapping[str, Any], values: dict[str, Any]) -> None:
         simple: dict[str, tuple[str, Callable[[object], object]]] = {
@@ -809,6 +1022,7 @@ class _Checker:
             "hide-version": ("hide_version", _want_bool),
             "nsid": ("nsid", _want_nsid),
             "log-level": ("log_level", _want_log_level),
+            "state-dir": ("state_dir", self._directory),
         }
         for key, value in table.items():
             path: _Path = ("server", key)
@@ -874,39 +1088,55 @@ class _Checker:
                 self.add(zpath, f"expected a table with a 'file' key, got {_type_name(entry)}")
                 ok = False
                 continue
-            file_path: str | None = None
-            name: str | None = None
-            entry_ok = "file" in entry
-            if not entry_ok:
-                self.add(zpath, "missing required key 'file'")
+            fields: dict[str, Any] = {}
+            entry_ok = True
+            if "file" not in entry and "sources" not in entry:
+                self.add(zpath, "needs 'file', 'sources' or both")
+                entry_ok = False
             for key, item in entry.items():
                 kpath = zpath + (key,)
                 try:
                     if key == "file":
-                        file_path = self._zone_file(item)
+                        fields["file"] = self._zone_file(item)
                     elif key == "name":
-                        name = _want_origin(item)
-                        if name in seen_names:
-                            raise _Invalid(f"zone {name} is configured more than once")
-                        seen_names.add(name)
+                        fields["name"] = _want_origin(item)
+                        if fields["name"] in seen_names:
+                            raise _Invalid(f"zone {fields['name']} is configured more than once")
+                        seen_names.add(fields["name"])
+                    elif key in _ZONE_SIMPLE:
+                        attr, convert = _ZONE_SIMPLE[key]
+                        fields[attr] = convert(item)
+                    elif key == "anchor":
+                        text = _want_str(item)
+                        fields["anchor"] = text if text in ("iana", "none") else self._zone_file(text, "anchor file")
+                    elif key.endswith(("-min", "-max")):
+                        fields[key] = _want_int(item, 1, 2**31 - 1)
                     else:
                         entry_ok = False
                         self.add(kpath, f"unknown key{_suggest(key, _ZONE_KEYS)}")
                 except _Invalid as exc:
                     entry_ok = False
                     self.add(kpath, str(exc))
-            if entry_ok and file_path is not None:
-                zones.append(ZoneConfig(file=file_path, name=name))
+            for timer in ("refresh", "retry", "expire"):
+                default = getattr(ZoneConfig, timer)
+                low = fields.pop(f"{timer}-min", default[0])
+                high = fields.pop(f"{timer}-max", default[1])
+                if low > high:
+                    self.add(zpath, f"{timer}-min ({low}) is greater than {timer}-max ({high})")
+                    entry_ok = False
+                fields[timer] = (low, high)
+            if entry_ok:
+                zones.append(ZoneConfig(**fields))
             else:
                 ok = False
         return tuple(zones) if ok else None
 
-    def _zone_file(self, value: object) -> str:
+    def _zone_file(self, value: object, what: str = "zone file") -> str:
         raw = _want_str(value)
         if not raw:
-            raise _Invalid("zone file name is empty")
+            raise _Invalid(f"{what} name is empty")
         path = os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(raw)))
-        _check_zone_file(path)
+        _check_zone_file(path, what)
         return path
 
 
@@ -1046,13 +1276,19 @@ def with_overrides(
 # --------------------------------------------------------------------------
 
 
+def _zone_summary(zone: ZoneConfig) -> str:
+    where = zone.file or ""
+    if zone.sources:
+        where = f"{where} + " if where else ""
+        where += f"{len(zone.sources)} source{'s' if len(zone.sources) > 1 else ''} ({zone.sources[0]}{', ...' if len(zone.sources) > 1 else ''})"
+    return f"{where} ({zone.name})" if zone.name is not None else where
+
+
 def summarize(settings: Settings) -> str:
     """One-line description of listeners and zones."""
     listen = ", ".join(str(a) for a in settings.listen)
     if settings.zones:
-        zones = ", ".join(
-            f"{z.file} ({z.name})" if z.name is not None else z.file for z in settings.zones
-        )
+        zones = ", ".join(_zone_summary(z) for z in settings.zones)
     else:
         zones = "embedded root zone"
     return f"listen {listen}; zones: {zones}"
