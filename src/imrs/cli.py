@@ -1,4 +1,4 @@
-"""The `imrs` command: `imrs serve`, `imrs check-config`."""
+"""The `imrs` command: `imrs serve`, `imrs check-config`, `imrs zone verify`."""
 
 from __future__ import annotations
 
@@ -24,9 +24,24 @@ def _parser() -> argparse.ArgumentParser:
         help="address to listen on, e.g. 127.0.0.1:5300 or [::1]:5300 (repeatable; replaces the default listeners)",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override the configured log level")
+    serve.add_argument(
+        "--primary", metavar="ADDR:PORT", action="append",
+        help="follow this primary for the root zone: IXFR (AXFR fallback), NOTIFY accepted from it (repeatable; "
+             "replaces the configured zones)",
+    )
+    serve.add_argument("--anchor", metavar="FILE",
+                       help="trust anchor (DS/DNSKEY file or root-anchors.xml) every zone is verified against; "
+                            "default for --primary: the packaged IANA root anchor")
+    serve.add_argument("--state-dir", metavar="DIR", help="keep the last verified version of kept zones here")
+    serve.add_argument("--at", metavar="YYYYMMDDHHMMSS",
+                       help="validate signatures as if it were this time (UTC), e.g. for old zones in tests")
 
     check = sub.add_parser("check-config", help="check a configuration file and report every error with file, line and key")
     check.add_argument("file")
+
+    from imrs.zone.zone_cli import add_zone_commands
+
+    add_zone_commands(sub)  # `imrs zone verify ...`; returns the group for more `imrs zone` commands
     return parser
 
 
@@ -43,7 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_config(args.config) if args.config else default_settings()
-        settings = with_overrides(settings, listen=args.listen, zones=args.zone)
+        settings = with_overrides(settings, listen=args.listen, zones=args.zone, primaries=args.primary,
+                                  anchor=args.anchor, state_dir=args.state_dir, at=args.at)
     except ConfigError as exc:
         print(f"imrs: {exc}", file=sys.stderr)
         return 2
@@ -67,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check-config":
         return check_config_main(args.file)
+    if args.command == "zone":
+        from imrs.zone.zone_cli import zone_main
+
+        return zone_main(args)
     return 2
 
 

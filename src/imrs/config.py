@@ -1207,11 +1207,21 @@ def load_config(path: str | os.PathLike[str]) -> Settings:
     return _Checker(file, base_dir, _Locator(text)).check(doc)
 
 
+def _embedded_root() -> str:
+    from imrs.zone.parse import EMBEDDED_ROOT
+
+    return EMBEDDED_ROOT
+
+
 def with_overrides(
     settings: Settings,
     *,
     listen: Iterable[str | ListenAddress] | str | None = None,
     zones: Iterable[str | os.PathLike[str] | ZoneConfig] | str | os.PathLike[str] | None = None,
+    primaries: Iterable[str] | None = None,
+    anchor: str | None = None,
+    state_dir: str | None = None,
+    at: str | None = None,
 ) -> Settings:
     """Apply command-line overrides: ``listen`` (``--listen``) replaces all
     listeners, ``zones`` (``--zone``) replaces all zones.  ``None`` keeps the
@@ -1265,6 +1275,36 @@ def with_overrides(
                 continue
             configs.append(ZoneConfig(file=resolved))
         changes["zones"] = tuple(configs)
+
+    if primaries:
+        sources = []
+        for text in primaries:
+            try:
+                sources.append(f"ixfr://{parse_listen(text)}")
+            except ValueError as exc:
+                fail("--primary", str(exc))
+        changes["zones"] = (ZoneConfig(name=".", sources=tuple(sources)),)
+    if anchor is not None:
+        try:
+            resolved = anchor if anchor in ("iana", "none") else os.path.abspath(os.path.expanduser(anchor))
+            if resolved not in ("iana", "none"):
+                _check_zone_file(resolved, "anchor file")
+            changes["zones"] = tuple(
+                dataclasses.replace(z, anchor=resolved) for z in changes.get("zones", settings.zones)
+            ) or (ZoneConfig(file=_embedded_root(), anchor=resolved),)
+        except _Invalid as exc:
+            fail("--anchor", str(exc))
+    if state_dir is not None:
+        path = os.path.abspath(os.path.expanduser(state_dir))
+        if os.path.exists(path) and not os.path.isdir(path):
+            fail("--state-dir", f"not a directory: {path}")
+        changes["state_dir"] = path
+    if at is not None:
+        try:
+            moment = datetime.datetime.strptime(at, "%Y%m%d%H%M%S").replace(tzinfo=datetime.timezone.utc)
+            changes["validation_time"] = moment.timestamp()
+        except ValueError:
+            fail("--at", f"expected YYYYMMDDHHMMSS (UTC), got {at!r}")
 
     if issues:
         raise ConfigError.from_issues(issues)

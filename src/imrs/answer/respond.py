@@ -9,6 +9,8 @@ bytes.
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dns.rdataclass
@@ -30,19 +32,25 @@ from imrs.answer.query import (
     TC,
     TYPE_AXFR,
     TYPE_IXFR,
+    TYPE_OPT,
     EdnsInfo,
     Query,
     Reject,
+    _skip_rr,
     error_response,
     parse_query,
+    read_name,
 )
 from imrs.answer.render import Rendered, render_plan
+from imrs.zone.records import ZoneVersion, soa_timers
 
 CLASS_IN = dns.rdataclass.IN
 CLASS_CH = dns.rdataclass.CH
 CLASS_ANY = dns.rdataclass.ANY
 TYPE_TXT = dns.rdatatype.TXT
 TYPE_ANY = dns.rdatatype.ANY
+TYPE_SOA = dns.rdatatype.SOA
+EDNS_OPTION_EXPIRE = 9  # RFC 7314
 
 UDP_DEFAULT_MAX = 512  # RFC 1035 4.2.1, and for EDNS payloads below it (RFC 6891 6.2.5)
 TCP_MAX = 65535
@@ -71,20 +79,61 @@ def header(qid: int, flags: int, qd: int, an: int, ns: int, ar: int) -> bytes:
     return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
 
 
+def has_edns_option(wire: bytes, code: int) -> bool:
+    """Whether the query's OPT record carries option ``code`` (question, then any authority
+    records as in IXFR, then the OPT record first in the additional section)."""
+    try:
+        qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", wire, 4)
+        if qdcount != 1 or not arcount:
+            return False
+        pos = read_name(wire, 12) + 4
+        for _ in range(ancount + nscount):
+            pos = _skip_rr(wire, pos)
+        if wire[pos] != 0 or struct.unpack_from("!H", wire, pos + 1)[0] != TYPE_OPT:
+            return False
+        (rdlen,) = struct.unpack_from("!H", wire, pos + 9)
+        cur, end = pos + 11, min(pos + 11 + rdlen, len(wire))
+        while cur + 4 <= end:
+            ocode, olen = struct.unpack_from("!HH", wire, cur)
+            if ocode == code:
+                return True
+            cur += 4 + olen
+    except (ValueError, IndexError, struct.error):
+        return False
+    return False
+
+
+def expire_seconds(version: ZoneVersion, now: float | None = None) -> int:
+    """What EDNS EXPIRE reports for ``version`` (RFC 7314): the seconds left before the zone
+    expires here, or, for a zone that does not expire (we are its primary), its SOA expire."""
+    if version.expire_at is None:
+        return soa_timers(version.records.soa.rdata)[3]
+    left = version.expire_at - (time.time() if now is None else now)
+    return max(0, min(int(left), 0xFFFFFFFF))
+
+
+def expire_option(version: ZoneVersion) -> bytes:
+    """The EDNS EXPIRE option (code, length, value) for a response about ``version``."""
+    return struct.pack("!HHI", EDNS_OPTION_EXPIRE, 4, expire_seconds(version))
+
+
 class Responder:
     """Answers queries for a set of zones; immutable once built."""
 
-    def __init__(self, zones: ZoneSet, options: AnswerOptions = AnswerOptions()):
+    def __init__(
+        self, zones: ZoneSet, options: AnswerOptions = AnswerOptions(), versions: Mapping[bytes, ZoneVersion] | None = None
+    ):
         self.zones = zones
         self.options = options
+        self.versions: Mapping[bytes, ZoneVersion] = versions or {}
         nsid = options.nsid
         self._nsid_option = struct.pack("!HH", 3, len(nsid)) + nsid if nsid else b""
 
     # -- EDNS ------------------------------------------------------------------------
-    def opt_record(self, edns: EdnsInfo, ext_rcode: int = 0, ede: int | None = None) -> bytes:
-        """Our OPT RR: payload size, DO echoed, NSID when asked for and configured, and an
-        Extended DNS Error (RFC 8914) code when there is one to give."""
-        rdata = self._nsid_option if edns.nsid else b""
+    def opt_record(self, edns: EdnsInfo, ext_rcode: int = 0, ede: int | None = None, extra: bytes = b"") -> bytes:
+        """Our OPT RR: payload size, DO echoed, NSID when asked for and configured, ``extra``
+        options (EDNS EXPIRE), and an Extended DNS Error (RFC 8914) code when there is one."""
+        rdata = (self._nsid_option if edns.nsid else b"") + extra
         if ede is not None:
             rdata += struct.pack("!HHH", 15, 2, ede)
         flags = 0x8000 if edns.do and ext_rcode == 0 else 0
@@ -111,9 +160,14 @@ class Responder:
                 reject.rcode = RCODE_NXDOMAIN  # NOTIFY for a zone we do not serve (as NSD)
             opt = self.opt_record(reject.opt) if reject.opt is not None else b""
             return error_response(wire, reject, opt)
-        return self.answer(query, tcp, ipv6)
+        expire = b""
+        if self.versions and query.qtype in (TYPE_SOA, TYPE_IXFR) and query.edns.status == EDNS_OK:
+            version = self.versions.get(query.qname_wire.lower())
+            if version is not None and has_edns_option(wire, EDNS_OPTION_EXPIRE):
+                expire = expire_option(version)
+        return self.answer(query, tcp, ipv6, expire)
 
-    def answer(self, q: Query, tcp: bool, ipv6: bool) -> bytes:
+    def answer(self, q: Query, tcp: bool, ipv6: bool, expire: bytes = b"") -> bytes:
         edns = q.edns
         if edns.status == EDNS_BADVERS:
             flags = (q.flags | QR) & ~AD & 0xFFF0
@@ -121,16 +175,25 @@ class Responder:
         # RD and CD are copied (RFC 1035 4.1.1, RFC 4035 3.2.2); the rest is ours to set.
         flags = QR | (q.flags & (RD | CD))
         has_edns = edns.status == EDNS_OK
-        opt = self.opt_record(edns) if has_edns else b""
+        opt = self.opt_record(edns, extra=expire) if has_edns else b""
         ar_opt = 1 if opt else 0
         if q.qclass != CLASS_IN and q.qclass != CLASS_ANY:
             if q.qclass == CLASS_CH:
                 return self.chaos(q, flags)
             opt = self.opt_record(edns, ede=EDE_NOT_SUPPORTED) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 0, 0, 0, ar_opt) + opt
+        if q.qtype == TYPE_IXFR and not tcp and q.qclass == CLASS_IN:
+            version = self.versions.get(q.qname_wire.lower())
+            if version is not None:
+                # IXFR over UDP: the current SOA tells the client whether to come over TCP
+                # (RFC 1995 section 2); the SOA is public, so no transfer ACL applies.
+                soa = version.records.soa
+                record = b"\xc0\x0c" + struct.pack("!HHIH", TYPE_SOA, soa.rdclass, soa.ttl, len(soa.rdata)) + soa.rdata
+                return header(q.id, flags | AA, 1, 1, 0, ar_opt) + q.question + record + opt
         if q.qtype == TYPE_AXFR or q.qtype == TYPE_IXFR:
-            # Zone transfers are not offered yet: REFUSED for our zones, NOTAUTH for others;
-            # AXFR over UDP is not a thing (NOTIMP).
+            # Transfers are served by the TCP listener (imrs.serve.xfrout); reaching here they
+            # are not offered: REFUSED for our zones, NOTAUTH for others; AXFR over UDP is not
+            # a thing (NOTIMP).
             if q.qtype == TYPE_AXFR and not tcp:
                 return header(q.id, flags | RCODE_NOTIMP, 1, 0, 0, ar_opt) + q.question + opt
             if not self._is_apex(q.qname_wire.lower()):

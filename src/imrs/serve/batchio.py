@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import socket
 import sys
 
 VLEN = 64  # datagrams per system call
@@ -132,6 +133,15 @@ class BatchSocket:
             start = i * SLOT
             out.append(view[start : start + words[i * 16 + 14]].tobytes())
         return out
+
+    def peer(self, i: int) -> str:
+        """The source address (text) of datagram i of the last receive(); for the rare
+        packets whose sender matters (NOTIFY)."""
+        raw = bytes(self._names[i * _SOCKADDR_SIZE : (i + 1) * _SOCKADDR_SIZE])
+        family = int.from_bytes(raw[0:2], sys.byteorder)
+        if family == socket.AF_INET6:
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        return socket.inet_ntop(socket.AF_INET, raw[4:8])
 
     def reply(self, responses: list[bytes | None]) -> int:
         """Send responses[i] to the sender of datagram i of the last receive(); None sends nothing."""

@@ -3,7 +3,9 @@
 Each connection is one asyncio task that reads framed queries and writes responses in
 order.  A client that goes quiet for ``idle_timeout`` seconds, sends a half message, or
 does not read its responses (the write buffer stays full past the timeout) is closed;
-connections over ``max_connections`` are closed on accept.
+connections over ``max_connections`` are closed on accept.  AXFR and IXFR queries are
+answered by :mod:`imrs.serve.xfrout` (in a worker thread: the first transfer of a version
+renders it), and their many messages are written with the same flow control.
 """
 
 from __future__ import annotations
@@ -11,12 +13,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 
 from imrs.serve.snapshot import SnapshotHolder
 from imrs.serve.udp import ServeStats
+from imrs.serve.xfrout import TransferPolicy, answer_transfer, transfer_qtype
 
 log = logging.getLogger("imrs.tcp")
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop a connection at once: with SO_LINGER 0 the kernel discards what the client has not
+    read and sends a reset, instead of trickling megabytes to a client that does not read."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    writer.transport.abort()
 
 
 class TcpListener:
@@ -31,6 +50,7 @@ class TcpListener:
         idle_timeout: float = 10.0,
         max_connections: int = 1000,
         max_queries: int = 0,
+        transfer_policy: TransferPolicy | None = None,
     ):
         self.sock = sock
         self.holder = holder
@@ -38,6 +58,7 @@ class TcpListener:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_queries = max_queries
+        self.transfer_policy = transfer_policy or TransferPolicy()
         self.ipv6 = sock.family == socket.AF_INET6
         self.active: set[asyncio.Task] = set()
         self.server: asyncio.AbstractServer | None = None
@@ -79,10 +100,12 @@ class TcpListener:
         finally:
             self.active.discard(task)
             if not graceful:
-                writer.transport.abort()
+                _reset(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served = 0
+        peer = writer.get_extra_info("peername")
+        peer_address = peer[0] if isinstance(peer, tuple) else ""
         while True:
             try:
                 async with asyncio.timeout(self.idle_timeout):
@@ -96,11 +119,17 @@ class TcpListener:
                 return  # the client closed its side, perhaps mid-message
             self.stats.tcp_queries += 1
             try:
-                response = self.holder.current.answer(wire, True, self.ipv6)
-            except Exception:
+                if transfer_qtype(wire) is not None:
+                    responses = await asyncio.to_thread(
+                        answer_transfer, wire, peer_address, self.holder.current, self.transfer_policy, ipv6=self.ipv6
+                    )
+                else:
+                    response = self.holder.current.answer(wire, True, self.ipv6)
+                    responses = [response] if response is not None else []
+            except Exception:  # noqa: BLE001 - a bug must cost this connection, not the server
                 self._internal_error()
                 return
-            if response is not None:
+            for response in responses:
                 writer.write(len(response).to_bytes(2, "big") + response)
                 if writer.transport.get_write_buffer_size() > 65536:
                     async with asyncio.timeout(self.idle_timeout):

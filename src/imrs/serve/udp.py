@@ -14,6 +14,7 @@ import socket
 import time
 
 from imrs.serve import batchio
+from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.snapshot import SnapshotHolder
 
 log = logging.getLogger("imrs.udp")
@@ -25,8 +26,10 @@ RECV_SIZE = 65535  # a datagram is never cut short: a cut query could parse as a
 class UdpListener:
     """One UDP socket bound to one address."""
 
-    def __init__(self, sock: socket.socket, holder: SnapshotHolder, stats: "ServeStats"):
+    def __init__(self, sock: socket.socket, holder: SnapshotHolder, stats: "ServeStats",
+                 notify: NotifyReceiver | None = None):
         self.sock = sock
+        self.notify = notify
         self.holder = holder
         self.stats = stats
         self.ipv6 = sock.family == socket.AF_INET6
@@ -61,7 +64,11 @@ class UdpListener:
                     continue  # e.g. ICMP port unreachable reported on the socket
                 received += 1
                 try:
-                    response = answer(wire, False, ipv6)
+                    response = None
+                    if self.notify is not None and NotifyReceiver.is_notify(wire):
+                        response = self.notify.handle(wire, addr[0])
+                    if response is None:
+                        response = answer(wire, False, ipv6)
                 except Exception:  # a bug must not stop the server: count it, log it, go on
                     self._internal_error()
                     continue
@@ -88,9 +95,23 @@ class UdpListener:
             if not wires:
                 return
             stats.udp_received += len(wires)
-            stats.udp_sent += batch.answer_and_reply(wires, answer, ipv6, self._internal_error)
+            if self.notify is not None and any(NotifyReceiver.is_notify(w) for w in wires):
+                stats.udp_sent += batch.reply([self._answer_one(batch, i, w, answer) for i, w in enumerate(wires)])
+            else:
+                stats.udp_sent += batch.answer_and_reply(wires, answer, ipv6, self._internal_error)
             if len(wires) < batchio.VLEN:
                 return
+
+    def _answer_one(self, batch: batchio.BatchSocket, i: int, wire: bytes, answer) -> bytes | None:
+        try:
+            if NotifyReceiver.is_notify(wire):
+                response = self.notify.handle(wire, batch.peer(i))
+                if response is not None:
+                    return response
+            return answer(wire, False, self.ipv6)
+        except Exception:
+            self._internal_error()
+            return None
 
     def _internal_error(self) -> None:
         self.stats.internal_errors += 1

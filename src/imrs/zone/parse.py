@@ -1,8 +1,9 @@
-"""Master files → ZoneData.
+"""Master files → flat records (:func:`load_zone_records`) → ZoneData (:func:`load_zone_file`).
 
-Parsing sits behind :func:`load_zone_file` (and :func:`parse_zone_text`) so that a faster
-parser can replace dnspython's later without touching callers.  Every failure becomes a
-:class:`ZoneFileError` that names the file and, where known, the line.
+Plain one-RR-per-line files (root zones as published) go through the fast reader in
+:mod:`imrs.zone.fastparse`; every other file, and every file with an error, through dnspython,
+so both give the same records.  Every failure becomes a :class:`ZoneFileError` that names the
+file and, where known, the line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import dns.exception
 import dns.name
 import dns.zone
 
-from imrs.zone.data import ZoneData, ZoneDataError, build_zone_data
+from imrs.zone.data import (
+    ZoneData,
+    ZoneDataError,
+    build_zone_data_from_records,
+    paused_gc,
+)
+from imrs.zone.fastparse import fast_zone_records
+from imrs.zone.records import ZoneRecords, records_from_dnspython_zone
 
 #: The embedded default: the newest test root zone, shipped inside the package.
 EMBEDDED_ROOT = "embedded:root.zone"
@@ -34,11 +42,11 @@ class ZoneFileError(Exception):
         super().__init__(f"{where}: {message}")
 
 
-_LINE_RE = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<msg>.*)$", re.S)
+_LINE_RE = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<msg>.*)$", re.DOTALL)
 
 
-_ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.M | re.I)
-_SOA_OWNER_RE = re.compile(r"^(\S*\.)\s.*?\bSOA\b", re.M | re.I)
+_ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.MULTILINE | re.IGNORECASE)
+_SOA_OWNER_RE = re.compile(r"^(\S*\.)\s.*?\bSOA\b", re.MULTILINE | re.IGNORECASE)
 
 
 def guess_origin(text: str) -> str | None:
@@ -87,8 +95,8 @@ def _culprit_line(text: str, source: str, origin: str | None, line: int) -> int:
     return line
 
 
-def parse_zone_text(text: str, source: str, origin: str | None = None) -> ZoneData:
-    """Parse master-file text into ZoneData; ``source`` names it in errors."""
+def _parse_with_dnspython(text: str, source: str, origin: str | None) -> ZoneRecords:
+    """The general path: any master file dnspython reads, errors mapped to file and line."""
     if origin is None:
         origin = guess_origin(text)
         if origin is None and "$ORIGIN" not in text.upper():
@@ -114,10 +122,34 @@ def parse_zone_text(text: str, source: str, origin: str | None = None) -> ZoneDa
         raise ZoneFileError(source, None, str(exc) or type(exc).__name__) from None
     except (UnicodeError, ValueError) as exc:
         raise ZoneFileError(source, None, str(exc)) from None
+    return records_from_dnspython_zone(zone, source)
+
+
+def parse_zone_records(text: str, source: str, origin: str | None = None) -> ZoneRecords:
+    """Parse master-file text into flat records; ``source`` names it in errors.
+
+    The fast reader handles the plain one-RR-per-line form of root zone files; anything
+    else, and every file with an error, goes through dnspython (same records, same errors)."""
+    apex = origin if origin is not None else guess_origin(text)
+    with paused_gc():
+        if apex is not None:
+            records = fast_zone_records(text, source, apex)
+            if records is not None:
+                return records
+        return _parse_with_dnspython(text, source, origin)
+
+
+def zone_data_from_records(zone: ZoneRecords) -> ZoneData:
+    """Records -> ZoneData, with ZoneDataError mapped to ZoneFileError."""
     try:
-        return build_zone_data(zone, source)
+        return build_zone_data_from_records(zone)
     except ZoneDataError as exc:
-        raise ZoneFileError(source, None, str(exc).removeprefix(f"{source}: ")) from None
+        raise ZoneFileError(zone.source, None, str(exc).removeprefix(f"{zone.source}: ")) from None
+
+
+def parse_zone_text(text: str, source: str, origin: str | None = None) -> ZoneData:
+    """Parse master-file text into ZoneData; ``source`` names it in errors."""
+    return zone_data_from_records(parse_zone_records(text, source, origin))
 
 
 def read_zone_source(path: str) -> str:
@@ -144,11 +176,17 @@ def read_zone_source(path: str) -> str:
         raise ZoneFileError(path, line, "not UTF-8 text") from None
 
 
-def load_zone_file(path: str | os.PathLike, origin: str | None = None) -> ZoneData:
-    """Read and parse one master file (``EMBEDDED_ROOT`` for the shipped root zone)."""
+def load_zone_records(path: str | os.PathLike, origin: str | None = None) -> ZoneRecords:
+    """Read and parse one master file into flat records (``EMBEDDED_ROOT`` for the shipped
+    root zone); what the control plane verifies and stores."""
     path = os.fspath(path)
     text = read_zone_source(path)
     if origin is None and path == EMBEDDED_ROOT:
         origin = "."
-    return parse_zone_text(text, path, origin)
+    return parse_zone_records(text, path, origin)
+
+
+def load_zone_file(path: str | os.PathLike, origin: str | None = None) -> ZoneData:
+    """Read and parse one master file (``EMBEDDED_ROOT`` for the shipped root zone)."""
+    return zone_data_from_records(load_zone_records(path, origin))
 
