@@ -86,7 +86,7 @@ class Publisher:
         assert records is not None
         try:
             outcomes = await send_notify(keeper.origin, records.soa, targets)
-        except Exception:  # noqa: BLE001 - a failed NOTIFY must not disturb serving
+        except Exception:
             log.exception("%s: sending NOTIFY failed", keeper.status.origin)
             return
         log.info("%s: NOTIFY for serial %d sent: %s", keeper.status.origin, records.serial,

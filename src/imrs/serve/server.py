@@ -193,6 +193,7 @@ class Server:
                 max_connections=self.settings.tcp_max_connections,
                 max_queries=self.settings.tcp_max_queries_per_connection,
                 transfer_policy=self.transfer_policy,
+                notify=notify,
             )
             await tlistener.start()
             tcp.append(tlistener)

@@ -16,6 +16,7 @@ import socket
 import struct
 import time
 
+from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.snapshot import SnapshotHolder
 from imrs.serve.udp import ServeStats
 from imrs.serve.xfrout import TransferPolicy, answer_transfer, transfer_qtype
@@ -51,6 +52,7 @@ class TcpListener:
         max_connections: int = 1000,
         max_queries: int = 0,
         transfer_policy: TransferPolicy | None = None,
+        notify: NotifyReceiver | None = None,
     ):
         self.sock = sock
         self.holder = holder
@@ -59,6 +61,7 @@ class TcpListener:
         self.max_connections = max_connections
         self.max_queries = max_queries
         self.transfer_policy = transfer_policy or TransferPolicy()
+        self.notify = notify
         self.ipv6 = sock.family == socket.AF_INET6
         self.active: set[asyncio.Task] = set()
         self.server: asyncio.AbstractServer | None = None
@@ -124,7 +127,11 @@ class TcpListener:
                         answer_transfer, wire, peer_address, self.holder.current, self.transfer_policy, ipv6=self.ipv6
                     )
                 else:
-                    response = self.holder.current.answer(wire, True, self.ipv6)
+                    response = None
+                    if self.notify is not None and NotifyReceiver.is_notify(wire):
+                        response = self.notify.handle(wire, peer_address)
+                    if response is None:
+                        response = self.holder.current.answer(wire, True, self.ipv6)
                     responses = [response] if response is not None else []
             except Exception:  # noqa: BLE001 - a bug must cost this connection, not the server
                 self._internal_error()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -26,7 +27,13 @@ from dataclasses import dataclass, field
 from imrs.config import ZoneConfig
 from imrs.zone.data import ZoneData
 from imrs.zone.records import Diff, ZoneRecords, ZoneVersion, name_to_text
-from imrs.zone.refresh import RefreshJob, RefreshOutcome, load_saved, note_refreshed, refresh
+from imrs.zone.refresh import (
+    RefreshJob,
+    RefreshOutcome,
+    load_saved,
+    note_refreshed,
+    refresh,
+)
 
 log = logging.getLogger("imrs.keeper")
 
@@ -161,14 +168,28 @@ class ZoneKeeper:
             now = time.time()
             if self.status.expire_at is not None and now >= self.status.expire_at and not self.expired:
                 await self._expire()
+                await self._report()
             if self._wake.is_set() or now >= next_check:
                 self._wake.clear()
                 started = self._triggered_at or time.monotonic()
                 self._triggered_at = None
                 ok = await self._check(started)
+                await self._report()
                 refresh, retry, _expire = self._timers
                 next_check = time.time() + (refresh if ok else retry)
                 self.first_attempt_done.set()
+
+    async def _report(self) -> None:
+        """Write the status where the operator and health checks can read it."""
+        if self.job.state_dir is None:
+            return
+        from imrs.zone.store import ZoneStore
+
+        status = dataclasses.asdict(self.status)
+        try:
+            await asyncio.to_thread(ZoneStore(self.job.state_dir, self.origin).save_status, status)
+        except OSError as exc:
+            log.warning("%s: cannot write status: %s", self.status.origin, exc)
 
     async def _check(self, started: float) -> bool:
         status = self.status
@@ -178,6 +199,8 @@ class ZoneKeeper:
         status.warnings = outcome.warnings
         for warning in outcome.warnings:
             log.warning("%s: %s", status.origin, warning)
+        for note in outcome.notes:
+            log.info("%s: %s", status.origin, note)
         if outcome.kind == "failed":
             status.failures[outcome.failed_check] = status.failures.get(outcome.failed_check, 0) + 1
             status.last_error = outcome.error

@@ -9,8 +9,9 @@ and only turned into a query-ready :class:`~imrs.zone.data.ZoneData` once it has
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import dns.name
 import dns.rdata

@@ -54,6 +54,8 @@ class RefreshOutcome:
     summary: str = ""
     #: problems of sources passed over before one answered, and source disagreements
     warnings: tuple[str, ...] = ()
+    #: fallbacks taken (IXFR unavailable or not applicable, so AXFR)
+    notes: tuple[str, ...] = ()
     fetch_seconds: float = 0.0
     verify_seconds: float = 0.0
     #: SOA timers of the zone now current (refresh, retry, expire)
@@ -139,7 +141,13 @@ def load_saved(job: RefreshJob) -> RefreshOutcome:
 
 def refresh(job: RefreshJob, current: ZoneRecords | None) -> RefreshOutcome:
     """Ask the sources for a newer version; fetch, verify and save it if there is one."""
-    from imrs.zone.sources import FetchError, check_sources, disagreements, fetch_zone, parse_source
+    from imrs.zone.sources import (
+        FetchError,
+        check_sources,
+        disagreements,
+        fetch_zone,
+        parse_source,
+    )
     from imrs.zone.store import ZoneState, ZoneStore
     from imrs.zone.verify import VerificationError
 
@@ -154,21 +162,21 @@ def refresh(job: RefreshJob, current: ZoneRecords | None) -> RefreshOutcome:
     except FetchError as exc:
         return _failed("fetch", str(exc), fetch_seconds=time.monotonic() - started)
     fetched = time.monotonic()
-    warnings = tuple(str(e) for e in getattr(result, "errors", ()) or ())
+    warnings = result.errors
     if job.check_sources:
         try:
             warnings += tuple(disagreements(check_sources(sources, job.origin)))
         except Exception as exc:  # noqa: BLE001 - the check is advisory
             warnings += (f"multi-source check failed: {exc}",)
-    source = str(getattr(result, "source", ""))
+    source = str(result.source)
     if result.zone is None:  # nothing newer
-        return RefreshOutcome("current", source=source, how=result.how, warnings=warnings,
+        return RefreshOutcome("current", source=source, how=result.how, warnings=warnings, notes=result.notes,
                               fetch_seconds=fetched - started)
     zone: ZoneRecords = result.zone
     try:
         summary = verify(job, zone, current.serial if current is not None else None)
     except VerificationError as exc:
-        return _failed(exc.check, str(exc), source=source, how=result.how, warnings=warnings,
+        return _failed(exc.check, str(exc), source=source, how=result.how, warnings=warnings, notes=result.notes,
                        fetch_seconds=fetched - started, verify_seconds=time.monotonic() - fetched)
     verified = time.monotonic()
     if job.state_dir is not None:
@@ -178,8 +186,8 @@ def refresh(job: RefreshJob, current: ZoneRecords | None) -> RefreshOutcome:
             # Serving the verified version matters more than keeping a copy: warn, go on.
             warnings += (f"could not save the zone: {exc}",)
     return RefreshOutcome(
-        "new", zone, diffs=tuple(getattr(result, "diffs", ()) or ()), source=source, how=result.how,
-        summary=summary, warnings=warnings, fetch_seconds=fetched - started,
+        "new", zone, diffs=result.diffs, source=source, how=result.how,
+        summary=summary, warnings=warnings, notes=result.notes, fetch_seconds=fetched - started,
         verify_seconds=verified - fetched, timers=_timers(zone),
     )
 

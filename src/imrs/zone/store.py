@@ -2,7 +2,8 @@
 
 Each managed zone has a directory under the state directory holding ``zone.bin`` (the newest
 verified version: every record in wire format, with a SHA-256 of the content so a damaged file
-is noticed) and ``state.json`` (when the zone was last refreshed, for expiry after a restart).
+is noticed), ``state.json`` (when the zone was last refreshed, for expiry after a restart) and
+``status.json`` (what the keeper sees now: for the operator and health checks).
 Both are replaced atomically: written to a temporary file, flushed to disk, then renamed over
 the old one, and the directory flushed, so a crash or kill at any moment leaves either the old
 or the new file, never a mix.  A loaded file is verified again before it is served.
@@ -132,6 +133,12 @@ class ZoneStore:
 
     def save_state(self, state: ZoneState) -> None:
         _write_atomically(self.state_path, json.dumps(state.__dict__).encode())
+
+    def save_status(self, status: dict) -> None:
+        """The keeper's view of the zone (serving/expired, serial, last error, counters), for
+        the operator and health checks: ``status.json`` beside the saved zone."""
+        _write_atomically(os.path.join(self.directory, "status.json"),
+                          json.dumps(status, indent=1, sort_keys=True).encode())
 
     def load(self) -> tuple[ZoneRecords, ZoneState | None] | None:
         """The saved version and its state; None when nothing was saved yet."""
