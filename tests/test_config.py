@@ -833,3 +833,16 @@ def test_tsig_key_errors(tmp_path: Path, body: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
     assert any(fragment in issue.message and issue.key == "tsig-key[0]" for issue in excinfo.value.errors)
+
+
+def test_rfc8806_keyword(tmp_path: Path) -> None:
+    from imrs.serve.server import zone_sources
+    from imrs.zone.sources import RFC8806_ROOT_SOURCES
+
+    path = write(tmp_path, '[[zone]]\nname = "."\nsources = ["RFC8806"]\n')
+    zone = load_config(path).zones[0]
+    assert zone_sources(zone) == RFC8806_ROOT_SOURCES
+    assert "https://www.internic.net/domain/root.zone" in RFC8806_ROOT_SOURCES
+    bad = write(tmp_path, '[[zone]]\nname = "example."\nsources = ["rfc8806"]\n')
+    with pytest.raises(ConfigError, match="sources of the root zone"):
+        load_config(bad)

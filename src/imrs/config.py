@@ -842,7 +842,13 @@ def _source_key_name(spec: str) -> str | None:
     return _want_origin(match.group(1)) if match else None
 
 
+#: The source keyword standing for the RFC 8806 list of root zone sources.
+RFC8806 = "rfc8806"
+
+
 def _check_source(spec: str) -> None:
+    if spec.lower() == RFC8806:
+        return
     scheme, sep, rest = spec.partition("://")
     if not sep:
         if not spec.startswith("/"):
@@ -1117,6 +1123,9 @@ class _Checker:
                 except _Invalid as exc:
                     entry_ok = False
                     self.add(kpath, str(exc))
+            if any(spec.lower() == RFC8806 for spec in fields.get("sources", ())) and fields.get("name", ".") != ".":
+                self.add(zpath + ("sources",), f"'{RFC8806}' lists sources of the root zone; this zone is {fields['name']}")
+                entry_ok = False
             for timer in ("refresh", "retry", "expire"):
                 default = getattr(ZoneConfig, timer)
                 low = fields.pop(f"{timer}-min", default[0])

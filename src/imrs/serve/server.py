@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import dns.tsig
 
 from imrs.answer.respond import AnswerOptions
-from imrs.config import ListenAddress, Settings, ZoneConfig, parse_listen
+from imrs.config import RFC8806, ListenAddress, Settings, ZoneConfig, parse_listen
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.publish import Publisher
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
@@ -26,6 +26,7 @@ from imrs.zone.keeper import ControlPlane, ZoneKeeper
 from imrs.zone.parse import EMBEDDED_ROOT, load_zone_records, zone_data_from_records
 from imrs.zone.records import ZoneRecords, name_from_text
 from imrs.zone.refresh import RefreshJob, verify
+from imrs.zone.sources import RFC8806_ROOT_SOURCES
 from imrs.zone.verify import VerificationError
 
 log = logging.getLogger("imrs.server")
@@ -52,13 +53,23 @@ def anchor_spec(zone: ZoneConfig) -> str:
     return "iana" if zone.managed and (zone.name or ".") == "." else "none"
 
 
+def zone_sources(zone: ZoneConfig) -> tuple[str, ...]:
+    """The zone's sources in order, the ``rfc8806`` keyword expanded into the list of RFC 8806
+    root zone sources; a configured file is the last source (a starting copy when no saved one
+    exists, a fallback when the network sources fail)."""
+    sources: list[str] = []
+    for spec in zone.sources:
+        sources.extend(RFC8806_ROOT_SOURCES if spec.lower() == RFC8806 else (spec,))
+    if zone.file and zone.managed:
+        sources.append(zone.file)
+    return tuple(sources)
+
+
 def refresh_job(settings: Settings, zone: ZoneConfig) -> RefreshJob:
-    """How the control plane fetches and checks ``zone``; a configured file is the last source
-    (a starting copy when no saved one exists, a fallback when the network sources fail)."""
-    sources = zone.sources + ((zone.file,) if zone.file and zone.managed else ())
+    """How the control plane fetches and checks ``zone``."""
     return RefreshJob(
         origin=name_from_text(zone.name or "."),
-        sources=sources,
+        sources=zone_sources(zone),
         tsig_keys=settings.tsig_keys,
         anchor=anchor_spec(zone),
         require_zonemd=zone.require_zonemd,
@@ -112,7 +123,7 @@ def _primary_networks(zone: ZoneConfig) -> list[ipaddress.IPv4Network | ipaddres
     if zone.allow_notify:
         return [ipaddress.ip_network(text, strict=False) for text in zone.allow_notify]
     networks = []
-    for spec in zone.sources:
+    for spec in zone_sources(zone):
         scheme, sep, rest = spec.partition("://")
         if sep and scheme.lower() in ("ixfr", "axfr"):
             networks.append(ipaddress.ip_network(parse_listen(rest.split("?")[0]).host))
