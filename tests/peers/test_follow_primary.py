@@ -79,6 +79,22 @@ def wait_log(srv: ServerProc, text: str, timeout: float, after: int = 0) -> bool
     return False
 
 
+def wait_status(state: Path, want, timeout: float = 15.0) -> dict:
+    """The zone's status.json once ``want(status)`` holds (it is written after each check)."""
+    path = state / "root" / "status.json"
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status and want(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"status.json never satisfied the check: {status}")
+
+
 def follower(workdir: Path, nsd: NsdPrimary, state: Path, port: int | None = None, name: str = "imrs") -> ServerProc:
     return ServerProc(workdir, ["--primary", f"127.0.0.1:{nsd.port}", "--anchor", str(ANCHOR),
                                 "--state-dir", str(state)], port=port, name=name)
@@ -169,8 +185,8 @@ def test_follows_nsd_through_four_versions_by_ixfr_without_a_failed_query(nsd, t
         assert client.asked > 200
         assert client.problems == [], client.problems[:10]
         assert client.serials == set(SERIALS), client.serials  # every version was seen answering
-        status = json.loads((tmp_path / "state" / "root" / "status.json").read_text())
-        assert status["serial"] == SERIALS[-1] and status["state"] == "serving" and status["versions_published"] == 4
+        wait_status(tmp_path / "state", lambda st: st["serial"] == SERIALS[-1] and st["state"] == "serving"
+                    and st["versions_published"] == 4)
     finally:
         srv.stop()
 
@@ -208,8 +224,8 @@ def test_tampered_version_is_refused_and_the_old_one_kept(nsd, tmp_path, kind, c
         assert served_serial(srv.port) == SERIALS[0]
         referral = ask(srv.port, "com.", "NS", do=True)
         assert referral.rcode() == dns.rcode.NOERROR and referral.authority
-        status = json.loads((tmp_path / "state" / "root" / "status.json").read_text())
-        assert status["failed_check"] == check and status["failures"][check] == 1 and status["serial"] == SERIALS[0]
+        wait_status(tmp_path / "state", lambda st: st["failed_check"] == check and st["failures"].get(check) == 1
+                    and st["serial"] == SERIALS[0])
         if kind == "glue":
             # The next good version arrives by IXFR across the bad one, and is served.
             nsd.load_version(VERSIONS[2])
@@ -275,8 +291,7 @@ def test_zone_expires_when_no_source_answers_and_comes_back_by_itself(tmp_path, 
         else:
             want = dns.rcode.REFUSED if on_expiry == "refuse" else dns.rcode.SERVFAIL
             assert msg is not None and msg.rcode() == want, msg
-        status = json.loads((tmp_path / "state" / "root" / "status.json").read_text())
-        assert status["state"] == "expired"
+        wait_status(tmp_path / "state", lambda st: st["state"] == "expired")
         shutil.copyfile(VERSIONS[1], source)  # a good version again: back by itself
         assert wait_serial(srv.port, SERIALS[1], 20) is not None, srv.stderr()[-3000:]
         assert ask(srv.port, "com.", "NS").rcode() == dns.rcode.NOERROR
@@ -331,3 +346,45 @@ def test_notify_from_elsewhere_is_refused(nsd, tmp_path):
     finally:
         srv.stop()
 
+
+
+def test_downstreams_are_notified_and_sources_that_disagree_are_reported(tmp_path):
+    first = tmp_path / "source-a" / "root.zone"
+    second = tmp_path / "source-b" / "root.zone"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    shutil.copyfile(VERSIONS[0], first)
+    lines = VERSIONS[0].read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):  # the same serial with another ZONEMD digest
+        fields = line.split()
+        if fields[3:4] == ["ZONEMD"]:
+            fields[-1] = ("0" if fields[-1][0] != "0" else "1") + fields[-1][1:]
+            lines[i] = " ".join(fields) + "\n"
+    second.write_text("".join(lines))
+    downstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    downstream.bind(("127.0.0.1", 0))
+    downstream.settimeout(20)
+    config = _file_source_config(first, tmp_path / "state").replace(
+        f'sources = ["{first}"]',
+        f'sources = ["{first}", "{second}"]\ncheck-sources = true\nnotify = ["127.0.0.1:{downstream.getsockname()[1]}"]')
+    srv = ServerProc(tmp_path, [], config=config)
+    srv.start()
+    try:
+        assert wait_serial(srv.port, SERIALS[0], 60) is not None, srv.stderr()[-3000:]
+        assert wait_log(srv, "sources disagree on the ZONEMD of serial 2026082101", 15), srv.stderr()[-3000:]
+        wait_status(tmp_path / "state", lambda st: any("disagree" in warning for warning in st["warnings"]))
+        serials = []
+        shutil.copyfile(VERSIONS[1], first)
+        deadline = time.monotonic() + 20
+        while SERIALS[1] not in serials and time.monotonic() < deadline:
+            wire, peer = downstream.recvfrom(65535)
+            notify = dns.message.from_wire(wire)
+            assert notify.opcode() == dns.opcode.NOTIFY and notify.flags & dns.flags.AA
+            serials.append(notify.answer[0][0].serial if notify.answer else None)
+            reply = dns.message.make_response(notify)
+            downstream.sendto(reply.to_wire(), peer)
+        assert SERIALS[1] in serials, serials
+        assert served_serial(srv.port) == SERIALS[1]
+    finally:
+        downstream.close()
+        srv.stop()

@@ -2,15 +2,19 @@
 
 The root zone has few distinct answers: a referral per TLD, an NXDOMAIN per NSEC gap and a
 handful at the apex.  When a snapshot is built, every name of every zone's name tree gets
-an entry that says which answer a question at it, or below it, receives; each distinct
-answer is an :class:`AnswerClass` that holds the engine's plans (with DO clear and set, over
-IPv4 and IPv6).  Per packet the work is: check the header, walk the question name, look up
-the entry, and copy the rendered bytes, spliced with the query's ID, RD/CD bits, question
-(with its letter case) and OPT record.
+an entry that says which answer a question at it, or below it, receives (glue owners share
+one per delegation); each distinct answer is an :class:`AnswerClass`, rendered with DO clear
+and set, over IPv4 and IPv6.  Per packet the work is: check the header, walk the question
+name, look up the entry, and copy the rendered bytes, spliced with the query's ID, RD/CD
+bits, question (with its letter case) and OPT record.
 
 Each answer class is rendered in full once (a :class:`Variant`) with its anchor name as the
-question.  A real question changes the response only through the length of its name, which
-moves every compression pointer by the same amount, and through the size limit.  So a
+question: the common ones (referrals, NXDOMAINs, the apex; IPv4, DO clear and set) when the
+snapshot is built, within the time a zone change allows; the others (IPv6, DS at delegations,
+glue owners) on first use, by whichever thread asks (the same bytes whoever renders them;
+tests/test_compiled_lazy.py).  A real question changes the response only through the length
+of its name, which moves every compression pointer by the same amount, and through the size
+limit.  So a
 *shape* (question length, size limit, transport) is derived from the full rendering by
 moving pointers or, when not all of it fits, by keeping the pieces NSD's rules keep, and
 cached (bounded).  Anything unusual (NSID, other classes, zone transfers, trailing data,
@@ -21,14 +25,14 @@ returning None.  tests/test_compiled.py proves both paths give the same bytes.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import struct
 
 import dns.name
 import dns.rdatatype
 
-from imrs.answer.engine import Plan, Section, plan_answer
+from imrs.answer.engine import Plan, Section, plan_answer, plan_answer_pair
 from imrs.answer.query import AA, QR, TC
+from imrs.answer.render import render_plan
 from imrs.answer.respond import UDP_DEFAULT_MAX, Responder
 from imrs.zone.data import Name, ZoneData
 
@@ -41,32 +45,46 @@ _unpack_opt = struct.Struct("!BHHIH").unpack_from  # owner, type, payload, ext r
 _SHAPE_CACHE_LIMIT = 200_000  # derived shapes kept (about 150 MB at most) before the caches start afresh
 
 
+_UNRENDERED = (None, None, None, None)
+_ABSENT_TYPE = 65534  # a private-use type no zone here holds: stands for "any other type"
+
+
 class AnswerClass:
     """One distinct answer (e.g. 'referral to com.'), for every DO/transport variant."""
 
-    __slots__ = ("qname", "qtype", "anchor", "base", "plans", "variants")
+    __slots__ = ("anchor", "base", "eager", "qname", "qtype", "variants")
 
-    def __init__(self, qname: Name, qtype: int, anchor: Name | None = None, base: "AnswerClass | None" = None):
+    def __init__(self, qname: Name, qtype: int, anchor: Name | None = None, base: AnswerClass | None = None, eager: bool = False):
         self.qname = qname  # a representative question
         self.qtype = qtype
+        self.eager = eager  # rendered (IPv4, DO clear and set) when the snapshot is built
         self.anchor = anchor  # compression anchor when it differs from the representative's
         self.base = base  # same content as this class, other anchor
-        self.plans: list[Plan | None] = [None, None, None, None]  # index: do + 2 * ipv6
-        self.variants: list[Variant | None] = [None, None, None, None]  # index: do + 2 * ipv6
+        # Index: do + 2 * ipv6.  The shared empty tuple until a variant is rendered: a build
+        # should leave few objects for the garbage collector to walk.  (Plans are not kept
+        # either; one is made again in the rare case a variant needs it later.)
+        self.variants: list[Variant | None] | tuple[None, ...] = _UNRENDERED
 
 
 class NameEntry:
-    """What a question at (``exact``) or below (``below``/gaps) one tree name is answered."""
+    """What a question at (``exact``) or below (``below``/gaps) one tree name is answered.
 
-    __slots__ = ("exact", "exact_default", "below", "gap_labels", "gaps", "deeper")
+    Names below a delegation other than the delegation itself (glue owners: thousands in the
+    root zone, rarely asked about) share one entry per delegation, with ``referral`` set:
+    their answer is that referral compressed against the name, a class made on first use.
+    """
 
-    def __init__(self):
-        self.deeper = False  # are there entries for names below this one?
+    __slots__ = ("below", "deeper", "exact", "exact_default", "gap_labels", "gaps", "owners", "referral")
+
+    def __init__(self, referral: AnswerClass | None = None):
+        self.deeper = referral is not None  # are there entries for names below this one?
         self.exact: dict[int, AnswerClass] = {}
         self.exact_default: AnswerClass | None = None
         self.below: AnswerClass | None = None  # one answer for every name below (referral)
         self.gap_labels: list[bytes] | None = None  # sorted child labels, for NXDOMAIN gaps
         self.gaps: list[AnswerClass] | None = None
+        self.referral = referral  # for glue owners: the referral they get
+        self.owners: dict[bytes, AnswerClass] | None = {} if referral is not None else None  # wire -> class
 
 
 class CompiledAnswers:
@@ -100,65 +118,94 @@ class CompiledAnswers:
                 parent = wire[wire[0] + 1 :]
                 if parent in self.names:
                     self.names[parent].deeper = True
-        # Render every distinct answer for IPv4 now; IPv6 variants and answers compressed
-        # against deeper names (glue owners) are rendered on first use.
+        # Render the common answers for IPv4 now, with DO clear and set (planned in one go):
+        # referrals, NXDOMAINs and the apex.  IPv6 variants, DS answers at delegations and
+        # answers for glue owners are rendered on first use.
+        zones = reference.zones
         for answer_class in self._classes:
-            if answer_class.base is None:
+            if answer_class.eager:
+                plans = plan_answer_pair(zones, answer_class.qname, answer_class.qtype, 1, False)
                 for do in (0, 1):
-                    self._variant(answer_class, do)
+                    self._variant(answer_class, do, plans[do])
 
     @property
     def name_count(self) -> int:
         return len(self.names)
 
     # -- building ----------------------------------------------------------------------
-    def _new_class(self, qname: Name, qtype: int, anchor: Name | None = None, base: AnswerClass | None = None) -> AnswerClass:
-        answer_class = AnswerClass(qname, qtype, anchor, base)
-        self._classes.append(answer_class)
+    def _new_class(self, qname: Name, qtype: int, anchor: Name | None = None, base: AnswerClass | None = None, eager: bool = True) -> AnswerClass:
+        answer_class = AnswerClass(qname, qtype, anchor, base, eager and base is None)
+        self._classes.append(answer_class)  # atomic, also when a glue owner's class is made by a reader
+        return answer_class
+
+    def _glue_owner_class(self, entry: NameEntry, wire: bytes) -> AnswerClass:
+        """The referral for a question at or below a glue owner, compressed against that name."""
+        owners = entry.owners
+        answer_class = owners.get(wire)
+        if answer_class is None:
+            name = dns.name.from_wire(wire, 0)[0]
+            made = self._new_class(name, _ABSENT_TYPE, name, entry.referral)
+            answer_class = owners.setdefault(wire, made)  # a racing reader's class may have won: same answer
         return answer_class
 
     def _plan(self, answer_class: AnswerClass, do: int, ipv6: bool) -> Plan:
-        index = do + 2 * ipv6
-        plan = answer_class.plans[index]
-        if plan is None:
-            if answer_class.base is not None:
-                plan = dataclasses.replace(self._plan(answer_class.base, do, ipv6), anchor=answer_class.anchor)
-            else:
-                plan = plan_answer(self.reference.zones, answer_class.qname, answer_class.qtype, 1, bool(do), ipv6)
-            answer_class.plans[index] = plan
-        return plan
+        """A fresh plan (plan_answer is deterministic, so the same plan every time)."""
+        base = answer_class.base
+        if base is not None:
+            plan = self._plan(base, do, ipv6)
+            plan.anchor = answer_class.anchor  # a new Plan object: changing it is safe
+            return plan
+        return plan_answer(self.reference.zones, answer_class.qname, answer_class.qtype, 1, bool(do), ipv6)
 
     def _compile_zone(self, zone: ZoneData) -> None:
-        referrals: dict[Name, AnswerClass] = {}
-        absent_type = 65534  # a private-use type no zone here holds: stands for "any other type"
-        children: dict[Name, list[bytes]] = {}
+        absent_type = _ABSENT_TYPE
+        # Names are handled by their labels and wire form: making and hashing dnspython
+        # names is what would take the time here.
+        children: dict[tuple[bytes, ...], list[bytes]] = {}  # parent's labels -> child labels
+        origin_labels = zone.origin.labels
         for name in zone.existing:
-            if name != zone.origin:
-                children.setdefault(name.parent(), []).append(name.labels[0])
+            labels = name.labels
+            if labels != origin_labels:
+                children.setdefault(labels[1:], []).append(labels[0])
+        delegations = {_wire_of(name): name for name in zone.delegations}
+        # wire -> the highest delegation at or above it, in wire form (ZoneData's
+        # find_delegation): parents come first, as the names are taken shallowest first.
+        delegation_at: dict[bytes, bytes] = {}
+        referrals: dict[bytes, AnswerClass] = {}
+        glue_owners: dict[bytes, NameEntry] = {}  # delegation wire -> its glue owners' entry
         zones = self.reference.zones
         for name in sorted(zone.tree, key=len):
+            wire = _wire_of(name)
+            delegation = delegation_at.get(wire[wire[0] + 1 :])
+            if delegation is None and wire in delegations:
+                delegation = wire
+            if delegation is not None:
+                delegation_at[wire] = delegation
             if zones.find(name) is not zone:
                 continue  # inside a deeper zone we also serve: that zone answers for it
-            wire = name.to_wire()
-            entry = NameEntry()
-            delegation = zone.find_delegation(name)
             if delegation is not None:
                 referral = referrals.get(delegation)
                 if referral is None:
-                    referral = referrals[delegation] = self._new_class(delegation, absent_type)
-                if name == delegation:
-                    entry.exact[T.DS] = self._new_class(name, T.DS)
+                    referral = referrals[delegation] = self._new_class(delegations[delegation], absent_type)
+                if delegation == wire:
+                    entry = NameEntry()
+                    entry.exact[T.DS] = self._new_class(name, T.DS, eager=False)  # DS is asked less
+                    entry.below = referral
+                    entry.exact_default = referral
+                    self.names[wire] = entry
                 else:  # same referral, compressed against this deeper name in the question
-                    referral = self._new_class(name, absent_type, name, referral)
-                entry.below = referral
-                entry.exact_default = referral
-                self.names[wire] = entry
+                    shared = glue_owners.get(delegation)
+                    if shared is None:
+                        shared = glue_owners[delegation] = NameEntry(referral)
+                    self.names[wire] = shared
                 continue
+            entry = NameEntry()
             if name not in zone.existing:
                 self.names[wire] = entry  # empty entry: the reference path answers
                 continue
             node = zone.nodes.get(name)
-            if b"*" in (label for label in children.get(name, ())) or (node and T.DNAME in node.rrsets):
+            child_labels = children.get(name.labels, ())
+            if b"*" in child_labels or (node and T.DNAME in node.rrsets):
                 self.names[wire] = entry
                 continue
             if node is not None and T.CNAME in node.rrsets:
@@ -168,7 +215,7 @@ class CompiledAnswers:
             for qtype in types | {T.ANY, T.RRSIG, T.DS}:
                 entry.exact[qtype] = self._new_class(name, qtype)
             entry.exact_default = self._new_class(name, absent_type)
-            labels = sorted({label.lower() for label in children.get(name, ())})
+            labels = sorted({label.lower() for label in child_labels})
             entry.gap_labels = labels
             entry.gaps = [self._new_class(self._gap_name(name, labels, i), absent_type) for i in range(len(labels) + 1)]
             self.names[wire] = entry
@@ -228,8 +275,8 @@ class CompiledAnswers:
             do = (ttl >> 15) & 1
             if tcp:
                 limit = 65535 - 11
-            else:
-                limit = (payload if payload < self._edns_size else self._edns_size) - 11 if payload > UDP_DEFAULT_MAX else UDP_DEFAULT_MAX - 11
+            else:  # an if-expression, not min(): this runs per packet
+                limit = (payload if payload < self._edns_size else self._edns_size) - 11 if payload > UDP_DEFAULT_MAX else UDP_DEFAULT_MAX - 11  # noqa: FURB136
         else:
             if n != end:
                 return None
@@ -260,12 +307,13 @@ class CompiledAnswers:
             answer_class = entry.below
             if answer_class is None:
                 gaps = entry.gaps
-                if gaps is None:
-                    return None
-                label = lname[starts[found - 1] + 1 : starts[found]]
-                answer_class = gaps[bisect.bisect_right(entry.gap_labels, label)]
+                if gaps is not None:
+                    label = lname[starts[found - 1] + 1 : starts[found]]
+                    answer_class = gaps[bisect.bisect_right(entry.gap_labels, label)]
         if answer_class is None:
-            return None
+            if entry.referral is None:
+                return None
+            answer_class = self._glue_owner_class(entry, lname[starts[found] :])
         index = do + 2 * ipv6
         variant = answer_class.variants[index] or self._variant(answer_class, index)
         qlen = qend - 12
@@ -288,7 +336,7 @@ class CompiledAnswers:
 
     @staticmethod
     def _options_ignorable(wire: bytes, pos: int, n: int) -> bool:
-        """Are the EDNS options well-formed, filling the OPT RDATA exactly, and none NSID?"""
+        """Are the EDNS options well-formed, filling the OPT RDATA exactly, none NSID or EXPIRE?"""
         if pos - 2 > n or ((wire[pos - 2] << 8) | wire[pos - 1]) != n - pos:
             return False
         while pos < n:
@@ -296,19 +344,27 @@ class CompiledAnswers:
                 return False
             code = (wire[pos] << 8) | wire[pos + 1]
             pos += 4 + ((wire[pos + 2] << 8) | wire[pos + 3])
-            if code == 3 or pos > n:
+            if code == 3 or code == 9 or pos > n:  # NSID, EXPIRE: the reference path adds them
                 return False
         return True
 
     # -- variants and shapes ---------------------------------------------------------------
-    def _variant(self, answer_class: AnswerClass, index: int) -> "Variant":
+    def _variant(self, answer_class: AnswerClass, index: int, plan: Plan | None = None) -> Variant:
         """Render an answer class in full once, with the question being its anchor name."""
         do, ipv6 = index & 1, bool(index & 2)
-        plan = self._plan(answer_class, do, ipv6)
-        question = plan.anchor.to_wire() + b"\x00\x01\x00\x01"
-        full = self.reference.render(plan, question, 65535, True, ipv6, bool(do))
-        variant = Variant(plan, full, len(question) - 4, self.reference.minimal_cap(ipv6), self._opt[do][1])
-        answer_class.variants[index] = variant
+        if plan is None:
+            plan = self._plan(answer_class, do, ipv6)
+        question = _wire_of(plan.anchor) + b"\x00\x01\x00\x01"
+        cap = self.reference.minimal_cap(ipv6)
+        # As Responder.render over TCP, with the pointers noted for relocating them.
+        full = render_plan(plan, question, limit=65535, udp=False, minimal_cap=cap, do=bool(do), find_pointers=True)
+        variant = Variant(plan, full, len(question) - 4, cap, self._opt[do][1])
+        variants = answer_class.variants
+        if type(variants) is tuple:
+            # The class's first variant.  Two threads racing here may each make a list and
+            # one variant be lost: it is rendered again, the same, when next asked for.
+            variants = answer_class.variants = [None, None, None, None]
+        variants[index] = variant
         return variant
 
     def _count_shape(self) -> None:
@@ -322,18 +378,25 @@ class CompiledAnswers:
                         variant.moved.clear()
             self._shape_count = 1
 
-    def _cut(self, answer_class: AnswerClass, variant: "Variant", question: bytes, limit: int, tcp: bool, ipv6: bool, do: int) -> tuple:
+    def _cut(self, answer_class: AnswerClass, variant: Variant, question: bytes, limit: int, tcp: bool, ipv6: bool, do: int) -> tuple:
         """A response that does not fit whole: select what fits, as the reference encoder would."""
         self._count_shape()
         if variant.pieces is not None:
             return variant.select(len(question) - 4, limit, tcp)
-        out = self.reference.render(variant.plan, question, limit, tcp, ipv6, bool(do))
-        return _tails(variant.plan, out.counts, out.tc), (out.body, out.body + variant.opt)
+        plan = variant.plan or self._plan(answer_class, do, ipv6)
+        out = self.reference.render(plan, question, limit, tcp, ipv6, bool(do))
+        return _tails(variant.flags, out.counts, out.tc), (out.body, out.body + variant.opt)
 
 
-def _tails(plan: Plan, counts: tuple[int, int, int], tc: bool) -> tuple:
+def _wire_of(name: Name) -> bytes:
+    """A name in wire format, lowercased (Name.to_wire is slow and keeps the case)."""
+    return b"".join([bytes((len(label),)) + label for label in name.labels]).lower()
+
+
+def _tails(flags: int, counts: tuple[int, int, int], tc: bool) -> tuple:
     """Header bytes after the ID: [with OPT][RD | CD<<1] -> flags and the four counts."""
-    flags = QR | plan.rcode | (AA if plan.aa else 0) | (TC if tc else 0)
+    if tc:
+        flags |= TC
     key = (flags, counts)
     tails = _TAILS.get(key)
     if tails is None:
@@ -355,40 +418,8 @@ def _make_tails(flags: int, counts: tuple[int, int, int]) -> tuple:
     )
 
 
-_COMPRESSED_AT_START = (T.NS, T.CNAME, T.PTR)
-_MAY_COMPRESS = (T.NS, T.CNAME, T.PTR, T.MX, T.SOA, T.AMTRELAY)
-
-
-def _name_pointers(body: bytes, pos: int, out: list[int]) -> int:
-    """Walk a name at ``pos``; note where a compression pointer is; return the offset after it."""
-    while True:
-        length = body[pos]
-        if length >= 0xC0:
-            out.append(pos)
-            return pos + 2
-        if length == 0:
-            return pos + 1
-        pos += length + 1
-
-
-def find_pointers(body: bytes) -> list[int] | None:
-    """Offsets of every compression pointer in a run of records (None: a type we can't walk)."""
-    out: list[int] = []
-    pos = 0
-    while pos < len(body):
-        pos = _name_pointers(body, pos, out)
-        rdtype, _rdclass, _ttl, rdlen = struct.unpack_from("!HHIH", body, pos)
-        pos += 10
-        if rdtype in _COMPRESSED_AT_START:
-            _name_pointers(body, pos, out)
-        elif rdtype == T.MX:
-            _name_pointers(body, pos + 2, out)
-        elif rdtype == T.SOA:
-            _name_pointers(body, _name_pointers(body, pos, out), out)
-        elif rdtype in _MAY_COMPRESS:
-            return None
-        pos += rdlen
-    return out
+_WIRE_SECTION = tuple(section.wire_section for section in Section)  # by Section value
+_LAST_REQUIRED = max(section for section in Section if section.required)
 
 
 class Variant:
@@ -398,47 +429,54 @@ class Variant:
     compression pointer by the same amount (all point at the question's anchor or later),
     so a shape that fits whole is the full body with its pointers moved; a shape that does
     not fit keeps the same pieces NSD's rules keep (see :mod:`imrs.answer.render`).
+
+    Thousands are made per build: everything kept is a tuple of ints and bytes (which the
+    garbage collector stops tracking), and the plan is kept only when shapes need it.
     """
 
-    __slots__ = ("plan", "opt", "full", "pointers", "fit_len", "pieces", "qlen0", "cap", "moved", "cut", "delegation")
+    __slots__ = ("cap", "cut", "delegation", "fit_len", "flags", "full", "moved", "opt", "pieces", "plan", "pointers", "qlen0")
 
     def __init__(self, plan: Plan, rendered, qlen0: int, cap: int, opt: bytes):
-        self.plan = plan
         self.qlen0 = qlen0
         self.cap = cap
         body = rendered.body
         self.opt = opt
-        self.full = (_tails(plan, rendered.counts, rendered.tc), (body, body + opt))
+        self.flags = QR | plan.rcode | (AA if plan.aa else 0)
+        self.full = (_tails(self.flags, rendered.counts, rendered.tc), (body, body + opt))
         self.delegation = plan.delegation is not None
         self.moved: dict[int, tuple] = {}
         self.cut: dict[int, tuple] = {}
         base = 12 + qlen0 + 4
-        pointers = find_pointers(body)
-        self.pointers = pointers or []
-        # Octets the whole body needs after the question; a body whose pointers we cannot
-        # find never "fits", so the reference encoder renders its shapes.
-        self.fit_len = len(body) if pointers is not None else 1 << 30
+        pointers = rendered.pointers  # noted by the encoder (render_plan(find_pointers=True))
+        self.pointers = pointers
+        self.fit_len = len(body)  # octets the whole body needs after the question
         # Pieces, in encoding order: (section, bytes, record count, in-domain glue, pointer offsets).
-        order = sorted((i for i, e in enumerate(plan.entries) if rendered.kept[i]), key=lambda i: rendered.spans[i][0])
+        entries = plan.entries
+        spans, records, order = rendered.spans, rendered.records, rendered.order
         pieces = []
         optional_start = None
         for i in order:
-            entry = plan.entries[i]
-            lo, hi = rendered.spans[i]
-            ptrs = [p - lo for p in (pointers or ()) if lo <= p < hi]
-            pieces.append((entry.section, body[lo:hi], _count(entry, plan), entry.in_domain_glue, ptrs))
-            if not entry.section.required and optional_start is None:
+            entry = entries[i]
+            lo, hi = spans[i]
+            if pointers:
+                ptrs = tuple([p - lo for p in pointers[bisect.bisect_left(pointers, lo) : bisect.bisect_left(pointers, hi)]])
+            else:
+                ptrs = ()
+            pieces.append((int(entry.section), body[lo:hi], records[i], entry.in_domain_glue, ptrs))
+            if optional_start is None and not entry.section.required:
                 optional_start = lo
-        self.pieces = pieces
         # Selecting pieces is safe only if no pointer leads into optional pieces (which may go).
-        if pointers is None or len(order) != len(plan.entries) or rendered.tc:
-            self.pieces = None
-        elif optional_start is not None:
+        selectable = len(order) == len(entries) and not rendered.tc
+        if selectable and optional_start is not None:
             for p in pointers:
                 target = ((body[p] & 0x3F) << 8 | body[p + 1]) - base
                 if target >= optional_start:
-                    self.pieces = None
+                    selectable = False
                     break
+        self.pieces = tuple(pieces) if selectable else None
+        # Without pieces, shapes that do not fit are rendered from the plan by the reference
+        # encoder: keep it for them (few answers, at the apex).
+        self.plan = None if selectable else plan
 
     def relocate(self, qlen: int) -> tuple:
         """The full body for a question name of ``qlen`` octets."""
@@ -469,13 +507,13 @@ class Variant:
                 done_section = section
                 continue
             if end > limit:
-                if section.required:
+                if section <= _LAST_REQUIRED:
                     tc = True
                     break
                 continue
             chunks.append(_move_pointers(data, ptrs, delta) if ptrs and delta else data)
             kept[i] = True
-            counts[section.wire_section] += count
+            counts[_WIRE_SECTION[section]] += count
             section_count += count
             pos = end
         if not tc and done_section == Section.ADDITIONAL_A and section_count == 0 and self.delegation:
@@ -483,10 +521,10 @@ class Variant:
         if not tc and self.delegation:
             tc = any(piece[3] and not kept[i] for i, piece in enumerate(pieces))
         body = b"".join(chunks)
-        return _tails(self.plan, (counts[0], counts[1], counts[2]), tc), (body, body + self.opt)
+        return _tails(self.flags, (counts[0], counts[1], counts[2]), tc), (body, body + self.opt)
 
 
-def _move_pointers(data: bytes, pointers: list[int], delta: int) -> bytes:
+def _move_pointers(data: bytes, pointers: tuple[int, ...], delta: int) -> bytes:
     """``data`` with each compression pointer at ``pointers`` moved by ``delta`` octets."""
     out = bytearray(data)
     for p in pointers:
@@ -496,13 +534,5 @@ def _move_pointers(data: bytes, pointers: list[int], delta: int) -> bytes:
         out[p] = value >> 8
         out[p + 1] = value & 0xFF
     return bytes(out)
-
-
-def _count(entry, plan: Plan) -> int:
-    """Records an entry adds to its section: the RRset(s) and, with DO, the signatures."""
-    n = sum(len(r) for r in entry.rrsets)
-    if entry.sigs is not None:
-        n += len(entry.sigs)
-    return n
 
 

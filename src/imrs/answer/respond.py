@@ -182,18 +182,12 @@ class Responder:
                 return self.chaos(q, flags)
             opt = self.opt_record(edns, ede=EDE_NOT_SUPPORTED) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 0, 0, 0, ar_opt) + opt
-        if q.qtype == TYPE_IXFR and not tcp and q.qclass == CLASS_IN:
-            version = self.versions.get(q.qname_wire.lower())
-            if version is not None:
-                # IXFR over UDP: the current SOA tells the client whether to come over TCP
-                # (RFC 1995 section 2); the SOA is public, so no transfer ACL applies.
-                soa = version.records.soa
-                record = b"\xc0\x0c" + struct.pack("!HHIH", TYPE_SOA, soa.rdclass, soa.ttl, len(soa.rdata)) + soa.rdata
-                return header(q.id, flags | AA, 1, 1, 0, ar_opt) + q.question + record + opt
         if q.qtype == TYPE_AXFR or q.qtype == TYPE_IXFR:
             # Transfers are served by the TCP listener (imrs.serve.xfrout); reaching here they
             # are not offered: REFUSED for our zones, NOTAUTH for others; AXFR over UDP is not
-            # a thing (NOTIMP).
+            # a thing (NOTIMP).  IXFR over UDP is REFUSED, as NSD does for a client its transfer
+            # ACL does not admit: the UDP path does not look at the client's address, and
+            # secondaries ask IXFR over TCP after a SOA query (RFC 1995 section 2 allows it).
             if q.qtype == TYPE_AXFR and not tcp:
                 return header(q.id, flags | RCODE_NOTIMP, 1, 0, 0, ar_opt) + q.question + opt
             if not self._is_apex(q.qname_wire.lower()):
