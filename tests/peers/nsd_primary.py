@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -234,19 +233,7 @@ remote-control:
     def _stop_process(self) -> None:
         if self.proc is None:
             return
-        tree = list(self._tree)
-        tree += [p for p in ([proc.proc_id(self.proc.pid)] + proc.descendants(self.proc.pid)) if p and p not in tree]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        alive = proc.wait_gone(tree, 5.0)
-        for p in alive:
-            proc.signal_if_same(p, signal.SIGKILL)
-        proc.wait_gone(alive, 5.0)
+        proc.stop_tree(self.proc, self._tree)
         self.proc = None
         self._tree = []
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -155,23 +154,7 @@ class NsdServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        tree = list(self._tree)
-        if not tree:
-            me = proc.proc_id(self.proc.pid)
-            tree = ([me] if me else []) + proc.descendants(self.proc.pid)
-        else:
-            tree += [p for p in proc.descendants(self.proc.pid) if p not in tree]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        alive = proc.wait_gone(tree, 5.0)
-        for p in alive:
-            proc.signal_if_same(p, signal.SIGKILL)
-        proc.wait_gone(alive, 5.0)
+        proc.stop_tree(self.proc, self._tree)
         self.proc = None
         self._tree = []
 

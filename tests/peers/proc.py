@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import struct
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +182,24 @@ def wait_gone(procs: list[ProcId], timeout: float) -> list[ProcId]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.02)
+
+
+def stop_tree(popen: subprocess.Popen, known: list[ProcId] = ()) -> None:
+    """Stop a server by PID: SIGTERM, SIGKILL after 10 s, then whatever of its process tree
+    (``known`` plus its descendants now) is still there."""
+    tree = list(known)
+    tree += [p for p in ([proc_id(popen.pid)] + descendants(popen.pid)) if p and p not in tree]
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+    try:
+        popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(timeout=10)
+    alive = wait_gone(tree, 5.0)
+    for p in alive:
+        signal_if_same(p, signal.SIGKILL)
+    wait_gone(alive, 5.0)
 
 
 def tail(path: Path, n: int = 4000) -> str:
