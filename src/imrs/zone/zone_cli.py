@@ -1,4 +1,4 @@
-"""`imrs zone ...`: offline work on zone files.  `imrs zone verify` lives here.
+"""`imrs zone ...`: work on zone files outside the server: `imrs zone verify`, `imrs zone fetch`.
 
 :func:`add_zone_commands` registers the ``zone`` group and returns its sub-command set, so
 other ``imrs zone`` commands (``fetch``) can be added next to ``verify``; each sets
@@ -16,10 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 import dns.exception
-import dns.zone
 
-from imrs.zone.parse import ZoneFileError
-from imrs.zone.records import ZoneRecords, records_from_dnspython_zone
+from imrs.zone.parse import ZoneFileError, load_zone_records
 
 if TYPE_CHECKING:
     from imrs.zone.anchor import TrustAnchor
@@ -31,7 +29,7 @@ EXIT_USAGE = 2
 
 def add_zone_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add ``imrs zone`` with its ``verify`` command; returns the group for more commands."""
-    zone = sub.add_parser("zone", help="work on zone files: verify")
+    zone = sub.add_parser("zone", help="work on zone files: verify, fetch")
     zone_sub = zone.add_subparsers(dest="zone_command", required=True, metavar="COMMAND")
     verify = zone_sub.add_parser(
         "verify",
@@ -54,6 +52,26 @@ def add_zone_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAc
     verify.add_argument("--origin", metavar="NAME", help="the zone's name (default: the owner of its SOA)")
     verify.add_argument("--previous-serial", metavar="SERIAL", type=int, help="require a serial newer than this")
     verify.set_defaults(zone_handler=verify_main)
+
+    fetch = zone_sub.add_parser(
+        "fetch",
+        help="fetch a zone from its sources, verify it, and write it as a master file",
+        description="Fetch a zone (sources tried in order), verify it as `imrs zone verify` does, and only if it "
+        "passes write it to FILE. Exit 0 when written, 1 when every source failed or the zone was rejected, "
+        "2 for usage errors.",
+    )
+    fetch.add_argument("sources", nargs="+", metavar="SOURCE",
+                       help="ixfr://ADDR[:PORT], axfr://..., http(s)://..., file:///... or a path; 'rfc8806' "
+                       "for the RFC 8806 root sources")
+    fetch.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the zone")
+    fetch.add_argument("--origin", metavar="NAME", default=".", help="the zone's name (default: the root)")
+    fetch.add_argument("--anchor", metavar="FILE",
+                       help="trust anchor as for verify; default 'iana' for the root, 'none' otherwise")
+    fetch.add_argument("--at", metavar="YYYYMMDDHHMMSS", help="validation time, UTC (default: now)")
+    fetch.add_argument("--require-zonemd", action="store_true", help="reject a zone without a verifiable ZONEMD")
+    fetch.add_argument("--tsig", metavar="NAME:ALG:SECRET", help="TSIG key for the primaries (?tsig=NAME in a source)")
+    fetch.add_argument("--timeout", metavar="SECONDS", type=float, default=30.0, help="per network operation [30]")
+    fetch.set_defaults(zone_handler=fetch_main)
     return zone_sub
 
 
@@ -75,21 +93,6 @@ def parse_at(text: str) -> float:
     except ValueError:
         raise ValueError(f"--at {text!r}: not a valid date and time") from None
     return when.timestamp()
-
-
-def load_records(path: str, origin: str | None = None) -> ZoneRecords:
-    """The zone file's records, through the project's parser when it has a flat-record loader."""
-    try:
-        from imrs.zone.parse import load_zone_records
-    except ImportError:  # older parse.py: dnspython directly
-        try:
-            zone = dns.zone.from_file(path, origin=origin, relativize=False)
-        except OSError as exc:
-            raise ZoneFileError(path, None, exc.strerror or str(exc)) from None
-        except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
-            raise ZoneFileError(path, None, str(exc) or type(exc).__name__) from None
-        return records_from_dnspython_zone(zone, path)
-    return load_zone_records(path, origin)
 
 
 def _anchor(spec: str) -> TrustAnchor | None:
@@ -119,7 +122,7 @@ def verify_main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     started = time.perf_counter()
     try:
-        zone = load_records(args.file, args.origin)
+        zone = load_zone_records(args.file, args.origin)
     except ZoneFileError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -133,4 +136,54 @@ def verify_main(args: argparse.Namespace) -> int:
         print(f"{args.file}: REJECTED: {exc.check}: {exc}")
         return EXIT_REJECTED
     print(f"{os.fspath(args.file)}: OK {report.summary()} (load {loaded:.2f} s)")
+    return EXIT_OK
+
+
+def fetch_main(args: argparse.Namespace) -> int:
+    """``imrs zone fetch``: fetch, verify, write; one line on stdout (or stderr for errors)."""
+    from imrs.zone.anchor import AnchorError
+    from imrs.zone.masterfile import write_master_file
+    from imrs.zone.records import name_from_text
+    from imrs.zone.sources import (
+        RFC8806_ROOT_SOURCES,
+        FetchError,
+        SourceError,
+        fetch_zone,
+        parse_source,
+    )
+    from imrs.zone.transfer import TsigKey
+    from imrs.zone.verify import VerificationError, verify_zone
+
+    prog = "imrs zone fetch"
+    try:
+        now = parse_at(args.at) if args.at else None
+        origin = name_from_text(args.origin)
+        anchor = _anchor(args.anchor or ("iana" if origin == b"\x00" else "none"))
+        keys = {}
+        if args.tsig:
+            key = TsigKey.from_text(args.tsig)
+            keys[key.name] = key
+        specs = [s for spec in args.sources for s in (RFC8806_ROOT_SOURCES if spec.lower() == "rfc8806" else (spec,))]
+        sources = [parse_source(spec, keys) for spec in specs]
+    except (ValueError, AnchorError, SourceError, dns.exception.DNSException) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = fetch_zone(sources, origin, None, timeout=args.timeout)
+    except FetchError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    zone = result.zone
+    assert zone is not None  # with no current copy, any version is news
+    try:
+        report = verify_zone(zone, anchor, now=now, require_zonemd=args.require_zonemd)
+    except VerificationError as exc:
+        print(f"{result.source}: REJECTED: {exc.check}: {exc} ({args.output} not written)")
+        return EXIT_REJECTED
+    try:
+        write_master_file(zone, args.output)
+    except OSError as exc:
+        print(f"{prog}: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(f"{args.output}: serial {zone.serial} from {result.source} ({result.how}), {report.summary()}")
     return EXIT_OK
