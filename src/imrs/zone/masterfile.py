@@ -8,13 +8,13 @@ back to the same records.  RDATA text comes from dnspython (this is not a hot pa
 from __future__ import annotations
 
 import os
-import tempfile
 
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
 from imrs.zone.records import TYPE_SOA, ZoneRecords, canonical_name_key, name_to_text
+from imrs.zone.store import write_atomically
 
 
 def master_file_text(zone: ZoneRecords) -> str:
@@ -35,19 +35,4 @@ def master_file_text(zone: ZoneRecords) -> str:
 
 def write_master_file(zone: ZoneRecords, path: str | os.PathLike) -> None:
     """Write atomically: a reader sees the old file or the whole new one, never a part."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".imrs-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(master_file_text(zone))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(os.fspath(path), master_file_text(zone).encode("ascii"), mode=0o644)

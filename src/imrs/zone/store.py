@@ -44,8 +44,10 @@ def zone_dir(state_dir: str, origin: bytes) -> str:
     return os.path.join(state_dir, text.lower().replace("/", "_"))
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path)
+def write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``: a reader (or a restart after a crash) sees the old file
+    or the whole new one, never a part."""
+    directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
@@ -53,6 +55,7 @@ def _write_atomically(path: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -128,16 +131,16 @@ class ZoneStore:
     def save(self, zone: ZoneRecords, state: ZoneState) -> None:
         """Save a verified version, then its state (a crash between leaves a consistent pair:
         the state's serial tells whether it belongs to the saved zone)."""
-        _write_atomically(self.zone_path, encode_zone(zone))
+        write_atomically(self.zone_path, encode_zone(zone))
         self.save_state(state)
 
     def save_state(self, state: ZoneState) -> None:
-        _write_atomically(self.state_path, json.dumps(state.__dict__).encode())
+        write_atomically(self.state_path, json.dumps(state.__dict__).encode())
 
     def save_status(self, status: dict) -> None:
         """The keeper's view of the zone (serving/expired, serial, last error, counters), for
         the operator and health checks: ``status.json`` beside the saved zone."""
-        _write_atomically(os.path.join(self.directory, "status.json"),
+        write_atomically(os.path.join(self.directory, "status.json"),
                           json.dumps(status, indent=1, sort_keys=True).encode())
 
     def load(self) -> tuple[ZoneRecords, ZoneState | None] | None:
