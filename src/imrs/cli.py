@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--at", metavar="YYYYMMDDHHMMSS",
                        help="validate signatures as if it were this time (UTC), e.g. for old zones in tests")
 
+    serve.add_argument("--workers", metavar="N", type=int,
+                       help="data-plane processes sharing the listeners (default: one per core; 0 = one per core)")
+    serve.add_argument("--rrl-rate", metavar="N", type=int,
+                       help="response rate limit: responses per second per client prefix and category (0 = off; default 200)")
+
     check = sub.add_parser("check-config", help="check a configuration file and report every error with file, line and key")
     check.add_argument("file")
 
@@ -59,7 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_config(args.config) if args.config else default_settings()
         settings = with_overrides(settings, listen=args.listen, zones=args.zone, primaries=args.primary,
-                                  anchor=args.anchor, state_dir=args.state_dir, at=args.at)
+                                  anchor=args.anchor, state_dir=args.state_dir, at=args.at,
+                                  workers=args.workers, rrl_rate=args.rrl_rate)
     except ConfigError as exc:
         print(f"imrs: {exc}", file=sys.stderr)
         return 2

@@ -183,6 +183,47 @@ class TsigKeyConfig:
     secret: bytes
 
 
+@dataclass(frozen=True)
+class RrlConfig:
+    """Response rate limiting (the semantics of NSD's and Knot's RRL)."""
+
+    #: Responses per second allowed per client prefix and response category; 0 = RRL off.
+    rate: int = 200
+    #: Every Nth limited response goes out truncated (TC) instead of being dropped, so a real
+    #: client behind the prefix retries over TCP; 0 = drop all, 1 = truncate all.
+    slip: int = 2
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 56
+    #: Sources (CIDR) never limited.
+    exempt: tuple[str, ...] = ()
+    #: Count and log what would be limited, but send every response.
+    log_only: bool = False
+    #: Buckets in the table (memory is fixed by this, whatever the number of sources).
+    table_size: int = 200_000
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+
+@dataclass(frozen=True)
+class CookieConfig:
+    """DNS Cookies (RFC 7873) with RFC 9018 interoperable server cookies."""
+
+    enabled: bool = True
+    #: The 16-octet SipHash-2-4 secret shared by the nodes of a cluster; None = a random one
+    #: made at start and rotated every ``rotate_interval`` seconds.
+    secret: bytes | None = None
+    #: Secrets still accepted (the previous ones, during a rotation).
+    previous_secrets: tuple[bytes, ...] = ()
+    #: A file of hex secrets, one per line, the first the current one, the others still
+    #: accepted; re-read when it changes (how a cluster rotates its shared secret).
+    secret_file: str | None = None
+    rotate_interval: float = 86400.0
+    #: Answer BADCOOKIE to UDP queries that carry a client cookie without a valid server cookie.
+    require: bool = False
+
+
 def _default_identity() -> str:
     try:
         return socket.gethostname()
@@ -204,8 +245,15 @@ class Settings:
     edns_buffer_size: int = 1232
     #: Seconds a TCP connection may stay idle before we close it (RFC 7766).
     tcp_idle_timeout: float = 10.0
-    #: Maximum simultaneous TCP connections.
+    #: Maximum simultaneous TCP connections (per worker); when full, the connection idle the
+    #: longest is closed to make room.
     tcp_max_connections: int = 1000
+    #: Maximum simultaneous TCP connections from one source address (per worker).
+    tcp_max_connections_per_source: int = 64
+    #: Seconds a TCP connection may last in all, however busy.
+    tcp_session_timeout: float = 120.0
+    #: Answer EDNS TCP keepalive (RFC 7828) with the idle timeout when a client asks.
+    tcp_keepalive: bool = True
     #: Queries answered on one TCP connection before closing it; 0 = unlimited.
     tcp_max_queries_per_connection: int = 0
     #: Answer to CHAOS TXT ``hostname.bind`` / ``id.server``.
@@ -226,6 +274,19 @@ class Settings:
     tsig_keys: tuple[TsigKeyConfig, ...] = ()
     #: Clock for signature validity (seconds since the epoch); None = the real clock.
     validation_time: float | None = None
+    #: Data-plane processes sharing the listeners; 0 = one per core.
+    workers: int = 0
+    rrl: RrlConfig = field(default_factory=RrlConfig)
+    cookies: CookieConfig = field(default_factory=CookieConfig)
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers to run: ``workers``, else one per core this process may use."""
+        if self.workers:
+            return self.workers
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0)) or 1
+        return os.cpu_count() or 1
 
 
 def default_settings() -> Settings:
@@ -616,6 +677,10 @@ _SERVER_KEYS: tuple[str, ...] = (
     "tcp-idle-timeout",
     "tcp-max-connections",
     "tcp-max-queries-per-connection",
+    "tcp-max-connections-per-source",
+    "tcp-session-timeout",
+    "tcp-keepalive",
+    "workers",
     "identity",
     "version",
     "hide-identity",
@@ -647,7 +712,9 @@ _TSIG_KEYS: tuple[str, ...] = ("name", "algorithm", "secret")
 TSIG_ALGORITHMS: tuple[str, ...] = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha1", "hmac-sha224")
 ON_EXPIRY: tuple[str, ...] = ("refuse", "servfail", "drop")
 _SOURCE_SCHEMES: tuple[str, ...] = ("ixfr", "axfr", "http", "https", "file")
-_SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key")
+_SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key", "rrl", "cookies")
+_RRL_KEYS: tuple[str, ...] = ("rate", "slip", "ipv4-prefix-length", "ipv6-prefix-length", "exempt", "log-only", "table-size")
+_COOKIE_KEYS: tuple[str, ...] = ("enabled", "secret", "previous-secrets", "secret-file", "rotate-interval", "require")
 
 
 class _Invalid(Exception):
@@ -892,6 +959,39 @@ def _want_on_expiry(value: object) -> str:
     return text
 
 
+def _want_cookie_secret(value: object) -> bytes:
+    text = _want_str(value).strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise _Invalid(f"a cookie secret is 32 hex digits (16 octets), got {_show(value)}") from None
+    if len(secret) != 16:
+        raise _Invalid(f"a cookie secret is 32 hex digits (16 octets), got {len(secret)} octets")
+    return secret
+
+
+def read_cookie_secrets(path: str) -> tuple[bytes, ...]:
+    """The secrets of a cookie secret file: hex, one per line, the current one first
+    (blank lines and ``#`` comments ignored).  Raises ValueError saying what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read cookie secret file {path}: {exc}") from None
+    secrets = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            secrets.append(_want_cookie_secret(text))
+        except _Invalid as exc:
+            raise ValueError(f"{path}:{number}: {exc}") from None
+    if not secrets:
+        raise ValueError(f"cookie secret file {path} holds no secret")
+    return tuple(secrets)
+
+
 def _want_margin(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2**31:
         raise _wrong_type("a number of seconds (0 or more)", value)
@@ -936,6 +1036,13 @@ class _Checker:
                 zones = self._zones(content)
                 if zones is not None:
                     values["zones"] = zones
+            elif section in ("rrl", "cookies"):
+                if isinstance(content, dict):
+                    converted = self._rrl(content) if section == "rrl" else self._cookies(content)
+                    if converted is not None:
+                        values[section] = converted
+                else:
+                    self.add(path, f"expected a table ([{section}]), got {_type_name(content)}")
             elif section == "tsig-key":
                 keys = self._tsig_keys(content)
                 if keys is not None:
@@ -1010,6 +1117,58 @@ class _Checker:
         return tuple(keys) if ok else None
 
 
+    def _table(self, section: str, table: Mapping[str, Any],
+               keys: Mapping[str, tuple[str, Callable[[object], object]]]) -> dict[str, Any] | None:
+        """Convert the keys of a flat section; None when any is wrong (each one reported)."""
+        fields: dict[str, Any] = {}
+        ok = True
+        for key, value in table.items():
+            if key not in keys:
+                self.add((section, key), f"unknown key{_suggest(key, keys)}")
+                ok = False
+                continue
+            attr, convert = keys[key]
+            try:
+                fields[attr] = convert(value)
+            except _Invalid as exc:
+                self.add((section, key), str(exc))
+                ok = False
+        return fields if ok else None
+
+    def _rrl(self, table: Mapping[str, Any]) -> RrlConfig | None:
+        fields = self._table("rrl", table, {
+            "rate": ("rate", lambda v: _want_int(v, 0, 10**7)),
+            "slip": ("slip", lambda v: _want_int(v, 0, 100)),
+            "ipv4-prefix-length": ("ipv4_prefix", lambda v: _want_int(v, 8, 32)),
+            "ipv6-prefix-length": ("ipv6_prefix", lambda v: _want_int(v, 16, 128)),
+            "exempt": ("exempt", lambda v: _want_strings(v, _check_network)),
+            "log-only": ("log_only", _want_bool),
+            "table-size": ("table_size", lambda v: _want_int(v, 1024, 10**7)),
+        })
+        return RrlConfig(**fields) if fields is not None else None
+
+    def _cookies(self, table: Mapping[str, Any]) -> CookieConfig | None:
+        fields = self._table("cookies", table, {
+            "enabled": ("enabled", _want_bool),
+            "secret": ("secret", _want_cookie_secret),
+            "previous-secrets": ("previous_secrets", lambda v: tuple(_want_cookie_secret(s) for s in _want_strings(v))),
+            "secret-file": ("secret_file", lambda v: self._zone_file(v, "cookie secret file")),
+            "rotate-interval": ("rotate_interval", _want_seconds),
+            "require": ("require", _want_bool),
+        })
+        if fields is None:
+            return None
+        if fields.get("secret_file") and fields.get("secret"):
+            self.add(("cookies", "secret-file"), "give either 'secret' or 'secret-file', not both")
+            return None
+        if fields.get("secret_file"):
+            try:
+                read_cookie_secrets(fields["secret_file"])
+            except ValueError as exc:
+                self.add(("cookies", "secret-file"), str(exc))
+                return None
+        return CookieConfig(**fields)
+
     def _server(self, table: Mapping[str, Any], values: dict[str, Any]) -> None:
         simple: dict[str, tuple[str, Callable[[object], object]]] = {
             "edns-buffer-size": (
@@ -1022,6 +1181,10 @@ class _Checker:
                 "tcp_max_queries_per_connection",
                 lambda v: _want_int(v, 0, None),
             ),
+            "tcp-max-connections-per-source": ("tcp_max_connections_per_source", lambda v: _want_int(v, 1, None)),
+            "tcp-session-timeout": ("tcp_session_timeout", _want_seconds),
+            "tcp-keepalive": ("tcp_keepalive", _want_bool),
+            "workers": ("workers", lambda v: _want_int(v, 0, 256)),
             "identity": ("identity", _want_txt),
             "version": ("version", _want_txt),
             "hide-identity": ("hide_identity", _want_bool),
@@ -1231,6 +1394,8 @@ def with_overrides(
     anchor: str | None = None,
     state_dir: str | None = None,
     at: str | None = None,
+    workers: int | None = None,
+    rrl_rate: int | None = None,
 ) -> Settings:
     """Apply command-line overrides: ``listen`` (``--listen``) replaces all
     listeners, ``zones`` (``--zone``) replaces all zones.  ``None`` keeps the
@@ -1314,6 +1479,15 @@ def with_overrides(
             changes["validation_time"] = moment.timestamp()
         except ValueError:
             fail("--at", f"expected YYYYMMDDHHMMSS (UTC), got {at!r}")
+
+    if workers is not None:
+        if not 0 <= workers <= 256:
+            fail("--workers", f"must be between 0 (one per core) and 256, got {workers}")
+        changes["workers"] = workers
+    if rrl_rate is not None:
+        if not 0 <= rrl_rate <= 10**7:
+            fail("--rrl-rate", f"must be between 0 (off) and 10000000, got {rrl_rate}")
+        changes["rrl"] = dataclasses.replace(settings.rrl, rate=rrl_rate)
 
     if issues:
         raise ConfigError.from_issues(issues)
