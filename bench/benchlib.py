@@ -136,16 +136,77 @@ def core_busy_ticks(cpu: int) -> int:
     raise ValueError(f"no cpu{cpu} in /proc/stat")
 
 
-def pin_tree(root: int, cpu: int) -> list[ProcStat]:
-    """Pin every thread of every process of the tree rooted at `root` to `cpu`."""
+def cpu_list(cpus: int | str) -> list[int]:
+    """0 -> [0]; "0,1" -> [0, 1]; "0-2" -> [0, 1, 2] (taskset's list syntax, without masks)."""
+    out: list[int] = []
+    for part in str(cpus).split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return sorted(set(out))
+
+
+def pin_tree(root: int, cpus: int | str) -> list[ProcStat]:
+    """Pin every thread of every process of the tree rooted at `root` to `cpus` (one core, or a
+    list such as "0,1" within which the scheduler moves them freely)."""
     procs = process_tree(root)
     for p in procs:
-        subprocess.run(
-            ["taskset", "-a", "-pc", str(cpu), str(p.pid)],
-            check=True,
-            stdout=subprocess.DEVNULL,
+        r = subprocess.run(
+            ["taskset", "-a", "-pc", str(cpus), str(p.pid)], check=False,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        if r.returncode != 0 and read_stat(p.pid) is not None:  # gone meanwhile: fine
+            raise RuntimeError(f"taskset -a -pc {cpus} {p.pid} failed: {r.stderr.strip()}")
     return procs
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+
+
+def proc_role(p: ProcStat, root: int) -> str:
+    """What a process of a server's tree is: NSD names its processes ("nsd: server 1"); imrs's
+    are all "python": the first one is the supervisor, multiprocessing's spawned children the
+    workers (and possibly multiprocessing's resource tracker)."""
+    if not p.comm.startswith("python"):
+        return p.comm
+    cl = " ".join(cmdline(p.pid))
+    if "resource_tracker" in cl:
+        return "resource-tracker"
+    if p.pid == root:
+        return "main"
+    if "multiprocessing" in cl:
+        return "worker"
+    return p.comm
+
+
+def cpu_by_process(before: CpuSnap, after: list[ProcStat], root: int) -> list[dict]:
+    """Per process of the tree: pid, role, CPU seconds between the snapshot and `after`."""
+    return [
+        {"pid": p.pid, "role": proc_role(p, root),
+         "cpu_s": (p.utime + p.stime - before.get((p.pid, p.starttime), 0)) / CLK_TCK}
+        for p in sorted(after, key=lambda p: p.pid)
+    ]
+
+
+def udp_sockets_on(port: int) -> int:
+    """How many IPv4 UDP sockets are bound to HOST:port (with SO_REUSEPORT, one per server
+    process that reads its own socket)."""
+    want = f":{port:04X}"
+    n = 0
+    try:
+        with open("/proc/net/udp") as f:
+            next(f)
+            for line in f:
+                local = line.split()[1]
+                if local.endswith(want):
+                    n += 1
+    except OSError:
+        return 0
+    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +234,7 @@ def soa_serial(port: int, timeout: float = 1.0) -> int | None:
         r = subprocess.run(
             ["dig", f"@{HOST}", "-p", str(port), ".", "SOA", "+norec", "+short",
              f"+time={max(1, int(timeout))}", "+tries=1", "+notcp"],
-            capture_output=True, text=True, timeout=timeout + 2,
+            check=False, capture_output=True, text=True, timeout=timeout + 2,
         )
     except subprocess.TimeoutExpired:
         return None
@@ -200,14 +261,13 @@ class Server:
 
     def start(self) -> None:
         log(f"[{self.label}] starting: {shlex.join(self.argv)}")
-        out = open(self.logfile, "wb")
         # own session: a Ctrl-C on the terminal reaches only the benchmark, which then stops
         # the servers itself
-        self.proc = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self.env, start_new_session=True, cwd=self.workdir,
-        )
-        out.close()
+        with open(self.logfile, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env, start_new_session=True, cwd=self.workdir,
+            )
 
     def wait_ready(self, timeout: float) -> int:
         t0 = time.monotonic()
@@ -233,14 +293,32 @@ class Server:
             self.known[p.pid] = p.starttime
         return procs
 
-    def pin(self, cpu: int) -> list[ProcStat]:
-        procs = pin_tree(self.proc.pid, cpu)
+    def pin(self, cpus: int | str) -> list[ProcStat]:
+        procs = pin_tree(self.proc.pid, cpus)
         for p in procs:
             self.known[p.pid] = p.starttime
         return procs
 
     def describe(self) -> str:
-        return ", ".join(f"{p.pid} ({p.comm}, {thread_count(p.pid)} thr)" for p in self.tree())
+        return ", ".join(f"{p.pid} ({proc_role(p, self.proc.pid)}, {thread_count(p.pid)} thr)"
+                         for p in self.tree())
+
+    def wait_sockets(self, count: int, timeout: float) -> int:
+        """Wait until `count` UDP sockets are bound to the server's port (imrs hands a worker
+        its sockets once its snapshot is built; NSD with reuseport opens one per server
+        process), so that no measured run hits a pool that is still starting."""
+        t0 = time.monotonic()
+        n = udp_sockets_on(self.port)
+        while n < count and time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"[{self.label}] exited with status {self.proc.returncode};"
+                                   f" last output:\n{self.tail()}")
+            time.sleep(0.2)
+            n = udp_sockets_on(self.port)
+        if n < count:
+            log(f"WARNING: [{self.label}] {n} UDP socket(s) on port {self.port} after"
+                f" {timeout:g} s, expected {count} (one per worker)")
+        return n
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -299,8 +377,8 @@ NSD_CONF = """\
 server:
     ip-address: {host}@{port}
     port: {port}
-    server-count: 1
-    rrl-ratelimit: 0
+    server-count: {server_count}
+{reuseport}    rrl-ratelimit: 0
     database: ""
     username: ""
     chroot: ""
@@ -321,35 +399,43 @@ zone:
 """
 
 
-def nsd_server(label: str, zone: Path, workdir: Path, nsd: str = "nsd") -> Server:
+def nsd_server(label: str, zone: Path, workdir: Path, nsd: str = "nsd",
+               server_count: int = 1) -> Server:
+    """NSD with `server_count` server processes; with more than one, `reuseport: yes` gives
+    each its own socket (the kernel spreads queries over them by the sender's address)."""
     d = workdir / label
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = d / "nsd.conf"
-    conf.write_text(NSD_CONF.format(host=HOST, port=port, dir=d, zone=zone))
+    conf.write_text(NSD_CONF.format(
+        host=HOST, port=port, dir=d, zone=zone, server_count=server_count,
+        reuseport="    reuseport: yes\n" if server_count > 1 else ""))
     subprocess.run(["nsd-checkconf", str(conf)], check=True)
     return Server(label, [nsd, "-d", "-c", str(conf)], port, workdir)
 
 
-def imrs_server(label: str, zone: Path, workdir: Path, cmd: str | None, python: str) -> Server:
+IMRS_CMD = "{python} -m imrs serve --zone {zone} --listen {listen} --workers {workers} --rrl-rate 0"
+
+
+def imrs_server(label: str, zone: Path, workdir: Path, cmd: str | None, python: str,
+                workers: int = 1, nsd: str = "nsd") -> Server:
     """imrs from the working tree (src/ goes first on PYTHONPATH, so the bench measures the
-    checked-out code even if the venv holds no or an older install). `cmd` overrides the
-    command: a shell-like string with placeholders {python} {zone} {port} {host} {listen};
-    the special value "nsd" runs a second NSD instead (to check the harness: ratio ~ 1)."""
+    checked-out code even if the venv holds no or an older install), with `workers` data-plane
+    processes and response rate limiting off (all the load comes from one address). `cmd`
+    overrides the command: a shell-like string with placeholders {python} {zone} {port} {host}
+    {listen} {workers}; the special value "nsd" runs another NSD instead, with `workers`
+    servers (to check the harness: ratio ~ 1)."""
     if cmd is not None and cmd.strip().lower() == "nsd":
-        return nsd_server(label, zone, workdir)
+        return nsd_server(label, zone, workdir, nsd, server_count=workers)
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
     env.setdefault("PYTHONUNBUFFERED", "1")
-    if cmd is None:
-        argv = [python, "-m", "imrs", "serve", "--zone", str(zone), "--listen", f"{HOST}:{port}"]
-    else:
-        subst = dict(python=python, zone=str(zone), port=str(port), host=HOST,
-                     listen=f"{HOST}:{port}")
-        argv = [a.format(**subst) for a in shlex.split(cmd)]
+    subst = {"python": python, "zone": str(zone), "port": str(port), "host": HOST,
+             "listen": f"{HOST}:{port}", "workers": str(workers)}
+    argv = [a.format(**subst) for a in shlex.split(IMRS_CMD if cmd is None else cmd)]
     return Server(label, argv, port, workdir, env=env)
 
 
@@ -398,7 +484,7 @@ _NUM = r"([0-9]+(?:\.[0-9]+)?)"
 
 
 def grab(pattern: str, text: str, conv=float, default=None):
-    m = re.search(pattern, text, re.M)
+    m = re.search(pattern, text, re.MULTILINE)
     return conv(m.group(1)) if m else default
 
 
@@ -413,16 +499,16 @@ def machine_info() -> dict:
     except OSError:
         pass
     try:
-        info["loadavg"] = open("/proc/loadavg").read().split()[:3]
+        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     except OSError:
         pass
     try:
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True)
+                             check=False, capture_output=True, text=True)
         if rev.returncode == 0:
             info["imrs_git"] = rev.stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src"],
-                               capture_output=True, text=True)
+                               check=False, capture_output=True, text=True)
         info["imrs_src_dirty"] = bool(dirty.stdout.strip())
     except OSError:
         pass

@@ -58,7 +58,7 @@ def listen_text(host: str, port: int) -> str:
 class ServerProc:
     def __init__(self, workdir: str | os.PathLike, args: list[str], *, hosts: tuple[str, ...] = ("127.0.0.1",),
                  port: int | None = None, config: str | None = None, env: dict[str, str] | None = None,
-                 probe: str = ".", name: str = "imrs", cli_listen: bool = True):
+                 probe: str = ".", name: str = "imrs", cli_listen: bool = True, rrl: bool = False):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.args = list(args)
@@ -70,6 +70,9 @@ class ServerProc:
         self.probe = probe
         self.name = name
         self.cli_listen = cli_listen  # False: no --listen (the config file or the default decides)
+        # Tests of answers send thousands of queries from one address: response rate limiting
+        # (on by default) is turned off unless the test is about it.
+        self.rrl = rrl
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
 
@@ -90,6 +93,8 @@ class ServerProc:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "imrs", "serve", *self.args]
+        if not self.rrl and "--rrl-rate" not in self.args:
+            cmd += ["--rrl-rate", "0"]
         if self.config is not None:
             cfg = self.workdir / f"{self.name}.toml"
             cfg.write_text(self.config)

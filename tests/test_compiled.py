@@ -4,6 +4,11 @@ Every query of the NSD differential corpus, and the benchmark's root-traffic mix
 answered both ways over UDP and TCP, IPv4 and IPv6, and with varied EDNS buffer sizes and
 header bits; the bytes must be equal wherever the fast path answers.  The fast path must
 also answer (not defer) the ordinary questions, or it would be fast for nothing.
+
+The snapshot has a cookie jar on a fixed clock (both paths compute the same timestamps) and
+TCP keepalive on; queries come from one IPv4 and one IPv6 address, and get COOKIE and
+keepalive variants (client cookie only, valid / renewed / expired / foreign server cookies,
+bad lengths, with other options) as well, with ``require`` off and on.
 """
 
 from __future__ import annotations
@@ -15,22 +20,85 @@ from pathlib import Path
 import dns.edns
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
 import pytest
+from peers.corpus import build_corpus
 
+from imrs.answer.cookies import CookieJar
 from imrs.answer.respond import AnswerOptions
+from imrs.config import CookieConfig
 from imrs.serve.snapshot import build_snapshot
 from imrs.zone.parse import load_zone_file
-from peers.corpus import build_corpus
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ZONE = SHARED / "zones" / "testroot" / "root-2026082201.zone"
 MIX = SHARED / "bench" / "queries-rootmix-mix.bin"
 
 
+NOW = 1_767_227_400.0  # the jar's fixed clock (mid-way through a rotation epoch of an hour)
+PEER4 = bytes([192, 0, 2, 53])
+PEER6 = bytes.fromhex("20010db8000000000000000000000053")
+PEER4_MAPPED = bytes(10) + b"\xff\xff" + PEER4
+
+
+def _peer(ipv6: bool) -> bytes:
+    return PEER6 if ipv6 else PEER4
+
+
 @pytest.fixture(scope="module")
-def snapshot():
-    return build_snapshot([load_zone_file(ZONE)], AnswerOptions(nsid=b"test-nsid"))
+def jar():
+    return CookieJar(CookieConfig(rotate_interval=3600.0), b"m" * 16, clock=lambda: NOW)
+
+
+@pytest.fixture(scope="module")
+def snapshot(jar):
+    return build_snapshot([load_zone_file(ZONE)], AnswerOptions(nsid=b"test-nsid", tcp_keepalive=100), cookies=jar)
+
+
+def _cookie_options(jar: CookieJar, rng: random.Random) -> list[tuple[list, bool]]:
+    """EDNS option lists with COOKIE / keepalive options, each with: does the fast path answer
+    it over UDP and TCP alike (malformed ones go the reference way)?"""
+    client = rng.randbytes(8)
+
+    def server(peer: bytes, at: float = NOW, secret: bytes | None = None) -> bytes:
+        return jar.make_server_cookie(client, peer, at, secret or jar.keys(NOW).current)
+
+    def cookie(data: bytes):
+        return dns.edns.GenericOption(10, data)
+
+    keepalive = dns.edns.GenericOption(11, b"")
+    unknown = dns.edns.GenericOption(65001, b"x" * rng.randint(0, 9))
+    valid4, valid6 = client + server(PEER4), client + server(PEER6)
+    bad_hash = bytearray(valid4)
+    bad_hash[-1] ^= 1
+    return [
+        ([cookie(client)], True),
+        ([cookie(valid4)], True),
+        ([cookie(valid6)], True),
+        ([cookie(client + server(PEER4, NOW - 2000))], True),  # valid, renewed
+        ([cookie(client + server(PEER6, NOW - 4000))], True),  # expired
+        ([cookie(client + server(PEER4, NOW + 200))], True),  # a little ahead: valid
+        ([cookie(client + server(PEER4, NOW + 400))], True),  # too far ahead
+        ([cookie(client + server(PEER4, secret=jar.derive_secret(int(NOW // 3600) - 1)))], True),  # previous secret
+        ([cookie(client + server(PEER4, secret=jar.derive_secret(int(NOW // 3600) - 2)))], True),  # retired secret
+        ([cookie(bytes(bad_hash))], True),
+        ([cookie(client + rng.randbytes(8))], True),  # 16 octets
+        ([cookie(client + rng.randbytes(32))], True),  # 40 octets
+        ([cookie(client[:7])], False),  # malformed: FORMERR
+        ([cookie(client + b"1234")], False),
+        ([cookie(client + rng.randbytes(33))], False),
+        ([cookie(b"")], False),
+        ([unknown, cookie(valid4)], True),
+        ([cookie(client), unknown], True),
+        ([cookie(valid6), keepalive], True),
+        ([keepalive, cookie(client)], True),
+        ([keepalive], True),
+        ([dns.edns.GenericOption(11, b"\x00\x64")], False),  # keepalive with a TIMEOUT: FORMERR over TCP
+        ([cookie(valid4), cookie(client[:3])], True),  # the first COOKIE counts
+        ([cookie(client), dns.edns.GenericOption(3, b"")], False),  # NSID: the reference adds it
+        ([dns.edns.GenericOption(9, b""), keepalive, cookie(valid4)], False),  # EXPIRE likewise
+    ]
 
 
 def _mix_queries(limit: int) -> list[bytes]:
@@ -43,9 +111,10 @@ def _mix_queries(limit: int) -> list[bytes]:
     return out
 
 
-def _variants(wire: bytes, rng: random.Random) -> list[tuple[bytes, bool]]:
+def _variants(wire: bytes, rng: random.Random, jar: CookieJar | None = None, cookies: int = 3) -> list[tuple[bytes, bool]]:
     """The query as sent, plus copies with other RD/CD bits, other EDNS buffer sizes, an
-    unknown option, and a broken option list; each with: is it an ordinary query?"""
+    unknown option, and a broken option list, and (with ``jar``) ``cookies`` of the cookie
+    and keepalive variants; each with: is it an ordinary query?"""
     out = [wire]
     flags = bytearray(wire)
     flags[2] ^= 0x01  # RD
@@ -61,27 +130,35 @@ def _variants(wire: bytes, rng: random.Random) -> list[tuple[bytes, bool]]:
         m = dns.message.from_wire(wire)
         m.use_edns(0, m.ednsflags, m.payload, options=[dns.edns.GenericOption(65001, b"x" * rng.randint(0, 9))])
         out.append(m.to_wire())
-        return [(w, True) for w in out] + [(out[-1][:-1], False)]
+        variants = [(w, True) for w in out] + [(out[-1][:-1], False)]
+        if jar is not None:
+            for options, ordinary in rng.sample(_cookie_options(jar, rng), cookies):
+                m = dns.message.from_wire(wire)
+                m.use_edns(0, m.ednsflags, rng.choice((512, 1232, 4096, m.payload)), options=options)
+                variants.append((m.to_wire(), ordinary))
+        return variants
     return [(w, True) for w in out]
 
 
 ALL_TRANSPORTS = ((False, False), (True, False), (False, True), (True, True))
 
 
-def _check(snapshot, queries: list[bytes], rng: random.Random, transports=ALL_TRANSPORTS) -> tuple[int, int]:
+def _check(snapshot, queries: list[bytes], rng: random.Random, transports=ALL_TRANSPORTS, cookies: int = 3) -> tuple[int, int]:
     """Compare both paths; returns (ordinary queries the fast path answered, ordinary queries)."""
     compiled, reference = snapshot.compiled, snapshot.reference
+    jar = reference.cookies
     answered = compared = 0
     mismatches = []
     for wire in queries:
-        for variant, ordinary in _variants(wire, rng):
+        for variant, ordinary in _variants(wire, rng, jar, cookies):
             for tcp, ipv6 in transports:
-                fast = compiled.answer(variant, tcp, ipv6)
+                peer = _peer(ipv6)
+                fast = compiled.answer(variant, tcp, ipv6, peer)
                 compared += ordinary
                 if fast is None:
                     continue
                 answered += ordinary
-                slow = reference.respond(variant, tcp, ipv6)
+                slow = reference.respond(variant, tcp, ipv6, peer)
                 if fast != slow:
                     mismatches.append((variant.hex(), tcp, ipv6))
     assert not mismatches, f"{len(mismatches)} responses differ, first: {mismatches[:3]}"
@@ -101,6 +178,50 @@ def test_fast_path_matches_reference_on_the_root_traffic_mix(snapshot):
     answered, compared = _check(snapshot, _mix_queries(2500), rng)
     print(f"mix: {compared} comparisons, fast path answered {answered}")
     # Every query of the mix is an ordinary one: the fast path must answer all of them.
+    assert answered == compared
+
+
+@pytest.mark.parametrize("require", [False, True])
+def test_cookie_and_keepalive_variants_match_and_stay_on_the_fast_path(snapshot, monkeypatch, require):
+    """Every cookie / keepalive variant of a few ordinary questions, every transport, with
+    ``require`` off and on: the same bytes both ways, and the well-formed ones answered fast."""
+    monkeypatch.setattr(snapshot.reference.cookies, "require", require)
+    compiled, reference = snapshot.compiled, snapshot.reference
+    rng = random.Random(11)
+    seen_rcodes = set()
+    for name, rdtype in (("com.", "A"), ("www.example.com.", "AAAA"), (".", "SOA"), ("nosuchtld.", "A"), ("aaa.", "DS"),
+                         ("a.root-servers.net.", "A"), (".", "DNSKEY")):
+        for do in (False, True):
+            base = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=do)
+            for options, ordinary in _cookie_options(reference.cookies, rng):
+                for payload in (512, 1232):
+                    m = dns.message.make_query(name, rdtype, use_edns=0, payload=payload, want_dnssec=do, options=options)
+                    m.id = base.id
+                    wire = m.to_wire()
+                    for tcp, ipv6 in ALL_TRANSPORTS:
+                        for peer in (_peer(ipv6), PEER4_MAPPED):
+                            fast = compiled.answer(wire, tcp, ipv6, peer)
+                            slow = reference.respond(wire, tcp, ipv6, peer)
+                            if ordinary:
+                                assert fast is not None, (name, rdtype, options, tcp, ipv6)
+                            if fast is not None:
+                                assert fast == slow, (name, rdtype, options, tcp, ipv6, peer.hex())
+                            response = dns.message.from_wire(slow)
+                            seen_rcodes.add(response.rcode())
+                            if tcp:
+                                assert response.rcode() != dns.rcode.BADCOOKIE
+    if require:
+        assert dns.rcode.BADCOOKIE in seen_rcodes
+    else:
+        assert dns.rcode.BADCOOKIE not in seen_rcodes
+    assert dns.rcode.FORMERR in seen_rcodes
+
+
+def test_cookie_variants_of_the_root_traffic_mix_with_cookies_required(snapshot, monkeypatch):
+    monkeypatch.setattr(snapshot.reference.cookies, "require", True)
+    rng = random.Random(12)
+    answered, compared = _check(snapshot, _mix_queries(300), rng, cookies=8)
+    print(f"mix, cookies required: {compared} comparisons, fast path answered {answered}")
     assert answered == compared
 
 

@@ -20,6 +20,13 @@ moving pointers or, when not all of it fits, by keeping the pieces NSD's rules k
 cached (bounded).  Anything unusual (NSID, other classes, zone transfers, trailing data,
 names outside the served zones, wildcards, DNAME, CNAME) is left to the reference path by
 returning None.  tests/test_compiled.py proves both paths give the same bytes.
+
+DNS Cookies and TCP keepalive do not change which records a response holds, only its OPT
+record and the room left for records: a query with a COOKIE option (and, over TCP, an
+edns-tcp-keepalive one) is answered as the same query without it, with the size limit
+lowered by the options our OPT record then carries, and those options (COOKIE, then
+keepalive, the reference path's order) appended to the OPT record.  BADCOOKIE is built here
+too; a malformed COOKIE or keepalive option (FORMERR) goes the reference way.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ _HEADER_ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _join = b"".join
 _unpack_type_class = struct.Struct("!HH").unpack_from
 _unpack_opt = struct.Struct("!BHHIH").unpack_from  # owner, type, payload, ext rcode/version/flags, rdlen
+_U16 = tuple(i.to_bytes(2, "big") for i in range(256))  # OPT RDATA lengths of the options we add
+_CLIENT_COOKIE_ONLY = b"\x00\x0a\x00\x08"  # COOKIE, 8 octets: the whole OPT RDATA of many queries
+_CLIENT_AND_SERVER_COOKIE = b"\x00\x0a\x00\x18"  # COOKIE, 24 octets (8 + an RFC 9018 server cookie)
 _SHAPE_CACHE_LIMIT = 200_000  # derived shapes kept (about 150 MB at most) before the caches start afresh
 
 
@@ -103,6 +113,18 @@ class CompiledAnswers:
             (b"", b"\x00\x00\x29" + struct.pack("!H", edns) + b"\x00\x00\x80\x00\x00\x00"),
         )
         self._edns_size = edns
+        # [do][RDATA length]: our OPT record up to its RDATA, for responses that carry options.
+        self._opt_heads = tuple(tuple(self._opt[do][1][:9] + length for length in _U16) for do in (0, 1))
+        # BADCOOKIE: header after the ID [RD | CD<<1], and OPT record head [do][RDATA length] (rcode 23).
+        self._badcookie_tails = tuple(
+            struct.pack("!HHHHH", QR | 7 | (0x0100 if rdcd & 1 else 0) | (0x0010 if rdcd & 2 else 0), 1, 0, 0, 1)
+            for rdcd in range(4)
+        )
+        self._badcookie_opt = tuple(
+            tuple(b"\x00\x00\x29" + struct.pack("!HBBH", edns, 1, 0, do << 15) + length for length in _U16) for do in (0, 1)
+        )
+        self._cookies = reference.cookies
+        self._keepalive = reference.keepalive_option
         self._caps = (reference.minimal_cap(False), reference.minimal_cap(True))
         for zone in sorted(reference.zones, key=lambda z: -len(z.origin)):
             self._compile_zone(zone)
@@ -232,8 +254,9 @@ class CompiledAnswers:
             return Name((b"\x00",) + parent.labels)
 
     # -- answering -------------------------------------------------------------------
-    def answer(self, wire: bytes, tcp: bool, ipv6: bool) -> bytes | None:
-        """The response bytes, or None when the reference path must decide."""
+    def answer(self, wire: bytes, tcp: bool, ipv6: bool, peer: bytes | None = None) -> bytes | None:
+        """The response bytes, or None when the reference path must decide.  ``peer`` is the
+        client's packed address (for cookies; None ignores them, as the reference does)."""
         n = len(wire)
         if n < 17 or wire[2] & 0xF8 or wire[3] & 0x0F:
             return None  # too short, a response, an opcode other than QUERY, or an rcode
@@ -262,21 +285,45 @@ class CompiledAnswers:
         if qend > 267 or qclass != 1 or qtype == 252 or qtype == 251:
             return None  # name too long, a class other than IN, or AXFR / IXFR
         end = qend + 4
+        options = b""  # EDNS options our OPT record carries (COOKIE, keepalive)
         if has_opt:
-            # An OPT record exactly at the end, version 0; options other than NSID are ignored
-            # (RFC 6891 6.1.2), anything else goes the slow way.
+            # An OPT record exactly at the end, version 0; options other than NSID, EXPIRE,
+            # COOKIE and keepalive are ignored (RFC 6891 6.1.2), anything else goes the slow way.
             if n < end + 11:
                 return None
             owner, rrtype, payload, ttl, rdlen = _unpack_opt(wire, end)
             if owner or rrtype != 41 or ttl & 0xFF0000:
                 return None  # not an OPT with the root as owner, or EDNS version > 0
-            if (rdlen or n != end + 11) and not self._options_ignorable(wire, end + 11, n):
-                return None
             do = (ttl >> 15) & 1
             if tcp:
                 limit = 65535 - 11
             else:  # an if-expression, not min(): this runs per packet
                 limit = (payload if payload < self._edns_size else self._edns_size) - 11 if payload > UDP_DEFAULT_MAX else UDP_DEFAULT_MAX - 11  # noqa: FURB136
+            if rdlen or n != end + 11:
+                if rdlen != n - end - 11:
+                    return None  # the OPT record does not end the message
+                if (rdlen == 28 and wire[end + 11 : end + 15] == _CLIENT_AND_SERVER_COOKIE) or (
+                    rdlen == 12 and wire[end + 11 : end + 15] == _CLIENT_COOKIE_ONLY
+                ):
+                    cookie = wire[end + 15 : n]  # one COOKIE option and nothing else: the common case
+                    keepalive = -1
+                else:
+                    found_options = _scan_options(wire, end + 11, n)
+                    if found_options is None:
+                        return None
+                    cookie, keepalive = found_options
+                if cookie is not None and peer is not None:
+                    jar = self._cookies
+                    if jar is not None:
+                        options, valid = jar.response_option(cookie, peer)
+                        if not valid and not tcp and jar.require:
+                            return _join((wire[:2], self._badcookie_tails[(wire[2] & 1) | ((wire[3] >> 3) & 2)],
+                                          wire[12:end], self._badcookie_opt[do][len(options)], options))
+                if keepalive >= 0 and tcp and self._keepalive:
+                    if keepalive:
+                        return None  # a TIMEOUT in a query: FORMERR, by the reference path
+                    options += self._keepalive
+                limit -= len(options)
         else:
             if n != end:
                 return None
@@ -332,21 +379,9 @@ class CompiledAnswers:
             if shape is None:
                 shape = variant.cut[key] = self._cut(answer_class, variant, wire[12:end], limit, tcp, ipv6, do)
         rdcd = (wire[2] & 1) | ((wire[3] >> 3) & 2)
+        if options:
+            return _join((wire[:2], shape[0][1][rdcd], wire[12:end], shape[1][0], self._opt_heads[do][len(options)], options))
         return _join((wire[:2], shape[0][has_opt][rdcd], wire[12:end], shape[1][has_opt]))
-
-    @staticmethod
-    def _options_ignorable(wire: bytes, pos: int, n: int) -> bool:
-        """Are the EDNS options well-formed, filling the OPT RDATA exactly, none NSID or EXPIRE?"""
-        if pos - 2 > n or ((wire[pos - 2] << 8) | wire[pos - 1]) != n - pos:
-            return False
-        while pos < n:
-            if pos + 4 > n:
-                return False
-            code = (wire[pos] << 8) | wire[pos + 1]
-            pos += 4 + ((wire[pos + 2] << 8) | wire[pos + 3])
-            if code == 3 or code == 9 or pos > n:  # NSID, EXPIRE: the reference path adds them
-                return False
-        return True
 
     # -- variants and shapes ---------------------------------------------------------------
     def _variant(self, answer_class: AnswerClass, index: int, plan: Plan | None = None) -> Variant:
@@ -386,6 +421,35 @@ class CompiledAnswers:
         plan = variant.plan or self._plan(answer_class, do, ipv6)
         out = self.reference.render(plan, question, limit, tcp, ipv6, bool(do))
         return _tails(variant.flags, out.counts, out.tc), (out.body, out.body + variant.opt)
+
+
+def _scan_options(wire: bytes, pos: int, n: int) -> tuple[bytes | None, int] | None:
+    """The EDNS options from ``pos`` to ``n``: the first COOKIE option's data (None: none),
+    and the first keepalive option's length (-1: none).  None when they do not fill the
+    RDATA exactly, when one is NSID or EXPIRE (the reference path adds those), or when the
+    COOKIE option is malformed (FORMERR, with cookies on: the reference path decides)."""
+    cookie = None
+    keepalive = -1
+    while pos < n:
+        if pos + 4 > n:
+            return None
+        code = (wire[pos] << 8) | wire[pos + 1]
+        length = (wire[pos + 2] << 8) | wire[pos + 3]
+        pos += 4
+        if code == 10:
+            if cookie is None:
+                if length != 8 and (length < 16 or length > 40):
+                    return None
+                cookie = wire[pos : pos + length]
+        elif code == 11:
+            if keepalive < 0:
+                keepalive = length
+        elif code == 3 or code == 9:
+            return None
+        pos += length
+    if pos != n:
+        return None
+    return cookie, keepalive
 
 
 def _wire_of(name: Name) -> bytes:

@@ -39,6 +39,8 @@ TYPE_TSIG = 250
 TYPE_IXFR = 251
 TYPE_AXFR = 252
 EDNS_OPTION_NSID = 3
+EDNS_OPTION_COOKIE = 10  # RFC 7873
+EDNS_OPTION_KEEPALIVE = 11  # RFC 7828
 
 EDNS_NONE = 0
 EDNS_OK = 1
@@ -56,7 +58,7 @@ class Reject(Exception):
     """
 
     def __init__(
-        self, rcode: int | None, flags: int = 0, reason: str = "", opt: "EdnsInfo | None" = None, notify: bytes | None = None
+        self, rcode: int | None, flags: int = 0, reason: str = "", opt: EdnsInfo | None = None, notify: bytes | None = None
     ):
         super().__init__(reason)
         self.rcode = rcode
@@ -74,6 +76,8 @@ class EdnsInfo:
     payload: int = 0
     do: bool = False
     nsid: bool = False
+    cookie: bytes | None = None  # the first COOKIE option's data, any length (checked by the responder)
+    keepalive: int | None = None  # the first edns-tcp-keepalive option's length (None: absent)
 
 
 NO_EDNS = EdnsInfo(EDNS_NONE)
@@ -156,6 +160,8 @@ def parse_opt(wire: bytes, pos: int) -> tuple[EdnsInfo, int] | None:
     if opt_end > len(wire):
         return None
     nsid = False
+    cookie: bytes | None = None
+    keepalive: int | None = None
     cur = pos + 11
     while opt_end - cur >= 4:
         code, olen = struct.unpack_from("!HH", wire, cur)
@@ -164,10 +170,14 @@ def parse_opt(wire: bytes, pos: int) -> tuple[EdnsInfo, int] | None:
             return None
         if code == EDNS_OPTION_NSID:
             nsid = True
+        elif code == EDNS_OPTION_COOKIE and cookie is None:  # the first one counts (as BIND)
+            cookie = wire[cur : cur + olen]
+        elif code == EDNS_OPTION_KEEPALIVE and keepalive is None:
+            keepalive = olen
         cur += olen
     if cur != opt_end:
         return None
-    return EdnsInfo(EDNS_OK, payload, bool(flags & 0x8000), nsid), opt_end
+    return EdnsInfo(EDNS_OK, payload, bool(flags & 0x8000), nsid, cookie, keepalive), opt_end
 
 
 def parse_query(wire: bytes) -> Query:

@@ -4,6 +4,18 @@
 encoder (:mod:`.render`), EDNS and CHAOS.  It is the slow, plain path that every response
 can be checked against; the compiled fast path answers the common questions with the same
 bytes.
+
+EDNS options in our OPT record come in this order: NSID (RFC 5001), COOKIE (RFC 7873),
+EXPIRE (RFC 7314), edns-tcp-keepalive (RFC 7828), Extended DNS Error (RFC 8914): NSD's
+place for the cookie (after NSID, before EDE), and BIND's order for all of them.
+
+DNS Cookies (with a :class:`~imrs.answer.cookies.CookieJar` and the client's address): a
+COOKIE option of a length other than 8 or 16..40 is FORMERR (RFC 7873 section 5.2.2: the
+header and our OPT record); otherwise the response carries the client cookie and our server
+cookie.  With ``require``, a UDP query without a valid server cookie gets BADCOOKIE (the
+question and our OPT record with the cookie); over TCP cookies are never required.
+Keepalive: over TCP, a query with an empty edns-tcp-keepalive option gets the option with
+our idle timeout (with a TIMEOUT in it, FORMERR); over UDP the option is ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from dataclasses import dataclass
 import dns.rdataclass
 import dns.rdatatype
 
+from imrs.answer.cookies import CookieJar, keepalive_option
 from imrs.answer.engine import Plan, ZoneSet, plan_answer
 from imrs.answer.query import (
     AA,
@@ -24,6 +37,7 @@ from imrs.answer.query import (
     EDNS_BADVERS,
     EDNS_OK,
     QR,
+    RCODE_FORMERR,
     RCODE_NOTAUTH,
     RCODE_NOTIMP,
     RCODE_NXDOMAIN,
@@ -51,6 +65,7 @@ TYPE_TXT = dns.rdatatype.TXT
 TYPE_ANY = dns.rdatatype.ANY
 TYPE_SOA = dns.rdatatype.SOA
 EDNS_OPTION_EXPIRE = 9  # RFC 7314
+RCODE_BADCOOKIE_LOW = 7  # BADCOOKIE (23): 7 in the header, 1 in the OPT record (RFC 7873 8)
 
 UDP_DEFAULT_MAX = 512  # RFC 1035 4.2.1, and for EDNS payloads below it (RFC 6891 6.2.5)
 TCP_MAX = 65535
@@ -73,6 +88,7 @@ class AnswerOptions:
     nsid: bytes | None = None  # RFC 5001, sent when asked for
     identity: str | None = "imrs"  # CHAOS hostname.bind / id.server; None hides it
     version: str | None = "imrs"  # CHAOS version.bind / version.server; None hides it
+    tcp_keepalive: int | None = None  # RFC 7828 TIMEOUT (100 ms units) sent over TCP when asked; None = off
 
 
 def header(qid: int, flags: int, qd: int, an: int, ns: int, ar: int) -> bytes:
@@ -121,22 +137,40 @@ class Responder:
     """Answers queries for a set of zones; immutable once built."""
 
     def __init__(
-        self, zones: ZoneSet, options: AnswerOptions = AnswerOptions(), versions: Mapping[bytes, ZoneVersion] | None = None
+        self,
+        zones: ZoneSet,
+        options: AnswerOptions = AnswerOptions(),
+        versions: Mapping[bytes, ZoneVersion] | None = None,
+        cookies: CookieJar | None = None,
     ):
         self.zones = zones
         self.options = options
         self.versions: Mapping[bytes, ZoneVersion] = versions or {}
+        self.cookies = cookies  # None: COOKIE options are ignored
         nsid = options.nsid
         self._nsid_option = struct.pack("!HH", 3, len(nsid)) + nsid if nsid else b""
+        # edns-tcp-keepalive for TCP responses to queries that ask (empty: off)
+        self.keepalive_option = keepalive_option(options.tcp_keepalive) if options.tcp_keepalive is not None else b""
 
     # -- EDNS ------------------------------------------------------------------------
-    def opt_record(self, edns: EdnsInfo, ext_rcode: int = 0, ede: int | None = None, extra: bytes = b"") -> bytes:
-        """Our OPT RR: payload size, DO echoed, NSID when asked for and configured, ``extra``
-        options (EDNS EXPIRE), and an Extended DNS Error (RFC 8914) code when there is one."""
-        rdata = (self._nsid_option if edns.nsid else b"") + extra
+    def opt_record(
+        self,
+        edns: EdnsInfo,
+        ext_rcode: int = 0,
+        ede: int | None = None,
+        extra: bytes = b"",
+        cookie: bytes = b"",
+        keepalive: bytes = b"",
+        keep_do: bool = False,
+    ) -> bytes:
+        """Our OPT RR: payload size, DO echoed (not with an extended rcode unless
+        ``keep_do``), then the options: NSID when asked for and configured, ``cookie``
+        (COOKIE), ``extra`` (EDNS EXPIRE), ``keepalive`` (edns-tcp-keepalive), and an Extended
+        DNS Error (RFC 8914) code when there is one."""
+        rdata = (self._nsid_option if edns.nsid else b"") + cookie + extra + keepalive
         if ede is not None:
             rdata += struct.pack("!HHH", 15, 2, ede)
-        flags = 0x8000 if edns.do and ext_rcode == 0 else 0
+        flags = 0x8000 if edns.do and (ext_rcode == 0 or keep_do) else 0
         return b"\x00" + struct.pack("!HHBBHH", 41, self.options.edns_buffer_size, ext_rcode, 0, flags, len(rdata)) + rdata
 
     def max_size(self, edns: EdnsInfo, tcp: bool) -> int:
@@ -151,8 +185,10 @@ class Responder:
         return min(size, IPV6_MINIMAL_CAP) if ipv6 else size
 
     # -- answering --------------------------------------------------------------------
-    def respond(self, wire: bytes, tcp: bool = False, ipv6: bool = False) -> bytes | None:
-        """The response to ``wire``, or None to send nothing."""
+    def respond(self, wire: bytes, tcp: bool = False, ipv6: bool = False, peer: bytes | None = None) -> bytes | None:
+        """The response to ``wire``, or None to send nothing.  ``peer`` is the client's
+        address, packed (4 or 16 octets); without it, or without a cookie jar, COOKIE
+        options are ignored."""
         try:
             query = parse_query(wire)
         except Reject as reject:
@@ -160,14 +196,41 @@ class Responder:
                 reject.rcode = RCODE_NXDOMAIN  # NOTIFY for a zone we do not serve (as NSD)
             opt = self.opt_record(reject.opt) if reject.opt is not None else b""
             return error_response(wire, reject, opt)
+        edns = query.edns
+        cookie = keepalive = b""
+        if edns.status == EDNS_OK:
+            jar = self.cookies
+            if edns.cookie is not None and jar is not None and peer is not None:
+                length = len(edns.cookie)
+                if length != 8 and not 16 <= length <= 40:
+                    return self._formerr(wire, query, "malformed COOKIE option")
+                cookie, valid = jar.response_option(edns.cookie, peer)
+                if not valid and not tcp and jar.require:
+                    return self.badcookie(query, cookie)
+            if tcp and edns.keepalive is not None and self.keepalive_option:
+                if edns.keepalive:  # RFC 7828 3.2.1: a query's option has no TIMEOUT
+                    return self._formerr(wire, query, "edns-tcp-keepalive with a TIMEOUT in a query")
+                keepalive = self.keepalive_option
         expire = b""
-        if self.versions and query.qtype in (TYPE_SOA, TYPE_IXFR) and query.edns.status == EDNS_OK:
+        if self.versions and query.qtype in (TYPE_SOA, TYPE_IXFR) and edns.status == EDNS_OK:
             version = self.versions.get(query.qname_wire.lower())
             if version is not None and has_edns_option(wire, EDNS_OPTION_EXPIRE):
                 expire = expire_option(version)
-        return self.answer(query, tcp, ipv6, expire)
+        return self.answer(query, tcp, ipv6, expire, cookie, keepalive)
 
-    def answer(self, q: Query, tcp: bool, ipv6: bool, expire: bytes = b"") -> bytes:
+    def _formerr(self, wire: bytes, q: Query, reason: str) -> bytes | None:
+        """FORMERR for a malformed EDNS option: the header (RD and opcode kept), our OPT."""
+        reject = Reject(RCODE_FORMERR, q.flags & (RD | 0x7800), reason, opt=q.edns)
+        return error_response(wire, reject, self.opt_record(q.edns))
+
+    def badcookie(self, q: Query, cookie: bytes) -> bytes:
+        """BADCOOKIE (RFC 7873 5.2.3): the question, and our OPT record with a fresh cookie."""
+        flags = QR | (q.flags & (RD | CD)) | RCODE_BADCOOKIE_LOW
+        return header(q.id, flags, 1, 0, 0, 1) + q.question + self.opt_record(q.edns, ext_rcode=1, cookie=cookie, keep_do=True)
+
+    def answer(self, q: Query, tcp: bool, ipv6: bool, expire: bytes = b"", cookie: bytes = b"", keepalive: bytes = b"") -> bytes:
+        """The response to a parsed query; ``expire``, ``cookie`` and ``keepalive`` are the
+        EDNS options (code, length, data) our OPT record carries, if any."""
         edns = q.edns
         if edns.status == EDNS_BADVERS:
             flags = (q.flags | QR) & ~AD & 0xFFF0
@@ -175,12 +238,12 @@ class Responder:
         # RD and CD are copied (RFC 1035 4.1.1, RFC 4035 3.2.2); the rest is ours to set.
         flags = QR | (q.flags & (RD | CD))
         has_edns = edns.status == EDNS_OK
-        opt = self.opt_record(edns, extra=expire) if has_edns else b""
+        opt = self.opt_record(edns, extra=expire, cookie=cookie, keepalive=keepalive) if has_edns else b""
         ar_opt = 1 if opt else 0
         if q.qclass != CLASS_IN and q.qclass != CLASS_ANY:
             if q.qclass == CLASS_CH:
-                return self.chaos(q, flags)
-            opt = self.opt_record(edns, ede=EDE_NOT_SUPPORTED) if has_edns else b""
+                return self.chaos(q, flags, cookie, keepalive)
+            opt = self.opt_record(edns, ede=EDE_NOT_SUPPORTED, cookie=cookie, keepalive=keepalive) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 0, 0, 0, ar_opt) + opt
         if q.qtype == TYPE_AXFR or q.qtype == TYPE_IXFR:
             # Transfers are served by the TCP listener (imrs.serve.xfrout); reaching here they
@@ -192,11 +255,11 @@ class Responder:
                 return header(q.id, flags | RCODE_NOTIMP, 1, 0, 0, ar_opt) + q.question + opt
             if not self._is_apex(q.qname_wire.lower()):
                 return header(q.id, flags | RCODE_NOTAUTH, 1, 0, 0, ar_opt) + q.question + opt
-            opt = self.opt_record(edns, ede=EDE_PROHIBITED) if has_edns else b""
+            opt = self.opt_record(edns, ede=EDE_PROHIBITED, cookie=cookie, keepalive=keepalive) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 1, 0, 0, ar_opt) + q.question + opt
         plan = plan_answer(self.zones, q.qname, q.qtype, q.qclass, edns.do, ipv6)
         if plan.rcode == RCODE_REFUSED:
-            opt = self.opt_record(edns, ede=EDE_NOT_AUTHORITATIVE) if has_edns else b""
+            opt = self.opt_record(edns, ede=EDE_NOT_AUTHORITATIVE, cookie=cookie, keepalive=keepalive) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 1, 0, 0, ar_opt) + q.question + opt
         out = self.render(plan, q.question, self.max_size(edns, tcp) - len(opt), tcp, ipv6, edns.do)
         flags |= plan.rcode
@@ -215,7 +278,7 @@ class Responder:
         """Is this lowercased wire name the apex of a zone we serve?"""
         return any(origin.to_wire() == name_wire for origin in self.zones.zones)
 
-    def chaos(self, q: Query, flags: int) -> bytes:
+    def chaos(self, q: Query, flags: int, cookie: bytes = b"", keepalive: bytes = b"") -> bytes:
         """CHAOS TXT identity and version (NSD answer_chaos); REFUSED for anything else."""
         has_edns = q.edns.status == EDNS_OK
         ar_opt = 1 if has_edns else 0
@@ -230,9 +293,9 @@ class Responder:
                 text = self.options.version
                 ede = EDE_PROHIBITED
         if text is None:
-            opt = self.opt_record(q.edns, ede=ede) if has_edns else b""
+            opt = self.opt_record(q.edns, ede=ede, cookie=cookie, keepalive=keepalive) if has_edns else b""
             return header(q.id, flags | RCODE_REFUSED, 1, 0, 0, ar_opt) + q.question + opt
-        opt = self.opt_record(q.edns) if has_edns else b""
+        opt = self.opt_record(q.edns, cookie=cookie, keepalive=keepalive) if has_edns else b""
         data = text.encode("utf-8")[:255]
         record = b"\xc0\x0c" + struct.pack("!HHIHB", TYPE_TXT, CLASS_CH, 0, len(data) + 1, len(data)) + data
         return header(q.id, flags, 1, 1, 0, ar_opt) + q.question + record + opt

@@ -119,7 +119,7 @@ class BatchSocket:
         for i in range(0, self._used * 16, 16):
             words[i + 2] = _SOCKADDR_SIZE  # msg_namelen is in/out: restore what the last call set
         n = self._recvmmsg(self.fd, self._recv_addr, VLEN, _MSG_DONTWAIT, None)
-        self._used = n if n > 0 else 0
+        self._used = max(0, n)
         if n <= 0:
             if n < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
@@ -143,35 +143,26 @@ class BatchSocket:
             return socket.inet_ntop(socket.AF_INET6, raw[8:24])
         return socket.inet_ntop(socket.AF_INET, raw[4:8])
 
+    def peers(self) -> bytes:
+        """The sockaddrs the last receive() wrote, ``SOCKADDR_SIZE`` octets per datagram: the
+        packed source address of datagram i is at ``i * SOCKADDR_SIZE + 4`` (IPv4, 4 octets)
+        or ``+ 8`` (IPv6, 16 octets)."""
+        return bytes(self._names[: self._used * _SOCKADDR_SIZE])
+
     def reply(self, responses: list[bytes | None]) -> int:
         """Send responses[i] to the sender of datagram i of the last receive(); None sends nothing."""
-        return self.answer_and_reply(responses, _as_is, False, _never)
-
-    def answer_and_reply(self, wires: list[bytes], answer, ipv6: bool, on_error) -> int:
-        """Answer the datagrams of the last receive() and send the answers in one go.
-
-        ``answer(wire, False, ipv6)`` gives the response bytes or None; if it raises,
-        ``on_error()`` is called and that datagram gets no answer.  Returns how many were sent.
-        """
         recv_words = self._recv_words
         send_words = self._send_words
         send_quads = self._send_quads
         iov = self._send_iov_quads
         names = self._names_addr
-        keep = []  # the responses must live until sendmmsg() has copied them
         count = 0
-        for i, wire in enumerate(wires):
-            try:
-                response = answer(wire, False, ipv6)
-            except Exception:
-                on_error()
-                continue
+        for i, response in enumerate(responses):
             if response is None:
                 continue
-            keep.append(response)
             send_quads[count * 8] = names + i * _SOCKADDR_SIZE
             send_words[count * 16 + 2] = recv_words[i * 16 + 2]
-            iov[count * 2] = id(response) + _BYTES_DATA_OFFSET
+            iov[count * 2] = id(response) + _BYTES_DATA_OFFSET  # ``responses`` keeps them alive
             iov[count * 2 + 1] = len(response)
             count += 1
         sent = 0
@@ -183,9 +174,4 @@ class BatchSocket:
         return sent
 
 
-def _as_is(response: bytes | None, _tcp: bool, _ipv6: bool) -> bytes | None:
-    return response
-
-
-def _never() -> None:
-    raise AssertionError("unreachable")
+SOCKADDR_SIZE = _SOCKADDR_SIZE

@@ -1,29 +1,30 @@
-"""Run the data plane: load the zones, build a snapshot, bind the listeners, serve until told to stop."""
+"""Run a server: load and verify the zones, bind the listeners, start the workers, keep the zones
+fresh, until told to stop.
+
+The main process is the supervisor: it owns the configuration, the kept zones (timers,
+NOTIFY, refreshes in the control-plane process) and the worker pool; it answers no query.
+The workers (:mod:`imrs.serve.worker`) answer, each from its own snapshot of the same
+publication.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import ipaddress
 import logging
+import os
 import signal
 import socket
-from dataclasses import dataclass, field
 
 import dns.tsig
 
-from imrs.answer.respond import AnswerOptions
 from imrs.config import RFC8806, ListenAddress, Settings, ZoneConfig, parse_listen
-from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.publish import Publisher
-from imrs.serve.snapshot import Snapshot, SnapshotHolder
-from imrs.serve.tcp import TcpListener
-from imrs.serve.udp import ServeStats, UdpListener
+from imrs.serve.workers import WorkerPool
 from imrs.serve.xfrout import TransferPolicy, make_policy, parse_rule
-from imrs.zone.data import ZoneData
 from imrs.zone.keeper import ControlPlane, ZoneKeeper
-from imrs.zone.parse import EMBEDDED_ROOT, load_zone_records, zone_data_from_records
+from imrs.zone.parse import EMBEDDED_ROOT, load_zone_records
 from imrs.zone.records import ZoneRecords, name_from_text
 from imrs.zone.refresh import RefreshJob, verify
 from imrs.zone.sources import RFC8806_ROOT_SOURCES
@@ -34,15 +35,6 @@ log = logging.getLogger("imrs.server")
 
 class StartupError(Exception):
     """The server cannot start (zone unreadable, address in use, ...); the message says why."""
-
-
-def answer_options(settings: Settings) -> AnswerOptions:
-    return AnswerOptions(
-        edns_buffer_size=settings.edns_buffer_size,
-        nsid=settings.nsid,
-        identity=None if settings.hide_identity else settings.identity,
-        version=None if settings.hide_version else settings.version,
-    )
 
 
 def anchor_spec(zone: ZoneConfig) -> str:
@@ -80,13 +72,13 @@ def refresh_job(settings: Settings, zone: ZoneConfig) -> RefreshJob:
     )
 
 
-def load_static_zones(settings: Settings) -> list[tuple[ZoneData, ZoneRecords]]:
+def load_static_zones(settings: Settings) -> list[ZoneRecords]:
     """The zones served from a file alone (or the embedded root zone when no zone is
-    configured), each verified before it is served, with the records transfers are made of."""
+    configured), each verified before it is served."""
     configs = [z for z in settings.zones if not z.managed]
     if not settings.zones:
         configs = [ZoneConfig(file=EMBEDDED_ROOT)]
-    pairs = []
+    loaded = []
     for config in configs:
         assert config.file is not None
         records = load_zone_records(config.file, config.name)
@@ -96,12 +88,10 @@ def load_static_zones(settings: Settings) -> list[tuple[ZoneData, ZoneRecords]]:
         except VerificationError as exc:
             raise StartupError(f"zone {records.origin_text} from {config.file} failed verification "
                                f"({exc.check}): {exc}") from None
-        zone = zone_data_from_records(records)
-        log.info("loaded zone %s serial %d from %s: %d names, %d delegations, %s; %s",
-                 zone.origin.to_text(), zone.serial, zone.source, zone.stats["names"],
-                 zone.stats["delegations"], "DNSSEC-signed" if zone.secure else "unsigned", summary)
-        pairs.append((zone, records))
-    return pairs
+        log.info("loaded zone %s serial %d from %s: %d records; %s", records.origin_text, records.serial,
+                 config.file, len(records.records), summary)
+        loaded.append(records)
+    return loaded
 
 
 def transfer_policy(settings: Settings) -> TransferPolicy:
@@ -130,17 +120,19 @@ def _primary_networks(zone: ZoneConfig) -> list[ipaddress.IPv4Network | ipaddres
     return networks
 
 
-def bind_sockets(address: ListenAddress) -> tuple[socket.socket, socket.socket]:
-    """A UDP and a TCP socket on ``address``."""
+def bind_sockets(address: ListenAddress, reuseport: bool = False) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on ``address``; with ``reuseport``, sockets that share the address
+    with the other workers' (SO_REUSEPORT: the kernel spreads queries over them)."""
     made = []
     try:
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             sock = socket.socket(address.family, kind)
             made.append(sock)
             if kind == socket.SOCK_STREAM:
-                # restart without waiting out TIME_WAIT; not for UDP, where it would let two
-                # servers share the port unnoticed
+                # restart without waiting out TIME_WAIT
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if address.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if kind == socket.SOCK_DGRAM:
@@ -156,65 +148,85 @@ def bind_sockets(address: ListenAddress) -> tuple[socket.socket, socket.socket]:
     return made[0], made[1]
 
 
-@dataclass
-class Server:
-    settings: Settings
-    holder: SnapshotHolder
-    stats: ServeStats
-    transfer_policy: TransferPolicy = field(default_factory=TransferPolicy)
-    publisher: Publisher | None = None
-    control: ControlPlane = field(default_factory=ControlPlane)
+def usable_addresses(settings: Settings) -> list[ListenAddress]:
+    """The listen addresses, checked free by binding them without SO_REUSEPORT (so another
+    server already on the port is an error, not a silent sharing of its queries); a port 0 is
+    replaced by the one the kernel picks.  IPv6 loopback is skipped, with a warning, where the
+    host has none and other addresses are configured."""
+    usable = []
+    for address in settings.listen:
+        try:
+            udp, tcp = bind_sockets(address)
+        except StartupError as exc:
+            if address.family == socket.AF_INET6 and address.host == "::1" and len(settings.listen) > 1:
+                log.warning("%s (no IPv6 loopback here?); going on without it", exc)
+                continue
+            raise
+        if address.port == 0:
+            address = dataclasses.replace(address, port=udp.getsockname()[1])
+        udp.close()
+        tcp.close()
+        usable.append(address)
+    if not usable:
+        raise StartupError("no address to listen on")
+    return usable
 
-    def _keepers(self) -> list[ZoneKeeper]:
-        assert self.publisher is not None
-        for zone in self.settings.zones:
+
+class Supervisor:
+    """The main process: the control plane (kept zones, publication) and the worker pool."""
+
+    def __init__(self, settings: Settings, static: list[ZoneRecords], policy: TransferPolicy):
+        self.settings = settings
+        self.control = ControlPlane()
+        self.publisher = Publisher(static)
+        for zone in settings.zones:
             if zone.managed:
-                keeper = ZoneKeeper(zone, refresh_job(self.settings, zone), self.control,
-                                    zone_data_from_records, self.publisher.republish)
+                keeper = ZoneKeeper(zone, refresh_job(settings, zone), self.control, self.publisher.republish)
                 self.publisher.keepers.append(keeper)
-        return self.publisher.keepers
+        self.policy = policy
+        self.addresses: list[ListenAddress] = []
+        self.pool: WorkerPool | None = None
+
+    def _sockets(self) -> list[socket.socket]:
+        made: list[socket.socket] = []
+        try:
+            for address in self.addresses:
+                made.extend(bind_sockets(address, reuseport=True))
+        except StartupError:
+            for sock in made:
+                sock.close()
+            raise OSError(f"cannot bind {self.addresses}") from None
+        return made
+
+    def _notify(self, origin: bytes, serial: int | None) -> None:
+        for keeper in self.publisher.keepers:
+            if keeper.origin == origin:
+                keeper.notify(serial)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
-        keepers = self._keepers() if self.publisher is not None else []
-        notify = NotifyReceiver({k.origin: (_primary_networks(k.config), k.notify) for k in keepers}) if keepers else None
         stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
-        udp: list[UdpListener] = []
-        tcp: list[TcpListener] = []
-        bound = 0
-        for address in self.settings.listen:
-            try:
-                usock, tsock = bind_sockets(address)
-            except StartupError as exc:
-                if address.family == socket.AF_INET6 and address.host == "::1" and len(self.settings.listen) > 1:
-                    log.warning("%s (no IPv6 loopback here?); going on without it", exc)
-                    continue
-                raise
-            listener = UdpListener(usock, self.holder, self.stats, notify)
-            listener.start(loop)
-            udp.append(listener)
-            tlistener = TcpListener(
-                tsock, self.holder, self.stats,
-                idle_timeout=self.settings.tcp_idle_timeout,
-                max_connections=self.settings.tcp_max_connections,
-                max_queries=self.settings.tcp_max_queries_per_connection,
-                transfer_policy=self.transfer_policy,
-                notify=notify,
-            )
-            await tlistener.start()
-            tcp.append(tlistener)
-            bound += 1
-            log.info("listening on %s (UDP and TCP)", address)
-        if not bound:
-            raise StartupError("no address to listen on")
-        snapshot = self.holder.current
-        if snapshot.zones.zones:
-            log.info("serving %s", ", ".join(f"{z.origin.to_text()} (serial {z.serial})" for z in snapshot.zones))
+        self.addresses = usable_addresses(self.settings)
+        keepers = self.publisher.keepers
+        networks = {k.origin: _primary_networks(k.config) for k in keepers}
+        count = self.settings.worker_count
+        # one master for every worker (and their replacements): cookies made by one are valid at all
+        cookie_master = os.urandom(32)
+        self.pool = WorkerPool(count, self._sockets, (self.settings, networks, self.policy, cookie_master), self._notify)
+        self.publisher.sink = self.pool.publish
+        try:
+            await self.pool.start(self.publisher.publication())
+        except RuntimeError as exc:
+            await self.pool.stop()
+            raise StartupError(str(exc)) from None
+        for address in self.addresses:
+            log.info("listening on %s (UDP and TCP) with %d worker(s)", address, count)
+        log.info("serving %s", self.publisher.latest.describe() if self.publisher.latest else "no zone")
         if keepers:
             await self.publisher.republish()  # kept zones not loaded yet answer per on-expiry
         tasks = [loop.create_task(keeper.run(), name=f"keeper {keeper.status.origin}") for keeper in keepers]
@@ -227,11 +239,8 @@ class Server:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.control.shutdown()
-            for listener in udp:
-                listener.stop(loop)
-            for tlistener in tcp:
-                await tlistener.stop()
-            log.info("stopped: %s", self.stats.as_dict())
+            counters = await self.pool.stop()
+            log.info("stopped: %s", counters)
 
 
 async def _wait_for_stop(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None:
@@ -251,24 +260,8 @@ async def _wait_for_stop(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None
         stopper.cancel()
 
 
-def prepare(settings: Settings) -> Server:
-    pairs = load_static_zones(settings)
-    policy = transfer_policy(settings)
-    publisher = Publisher(None, answer_options(settings), pairs)
-    snapshot: Snapshot = publisher.build()
-    publisher.holder = SnapshotHolder(snapshot)
-    # The snapshot is millions of long-lived objects the cyclic collector need not scan again
-    # and again (full collections would grow with it); answering makes no reference cycles.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-    return Server(settings, publisher.holder, ServeStats(), policy, publisher)
-
-
 def serve(settings: Settings) -> None:
     """Load, bind and serve until SIGINT/SIGTERM."""
-    server = prepare(settings)
-    asyncio.run(server.run())
-
-
-
+    static = load_static_zones(settings)
+    supervisor = Supervisor(settings, static, transfer_policy(settings))
+    asyncio.run(supervisor.run())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from imrs.answer.compiled import CompiledAnswers
+from imrs.answer.cookies import CookieJar
 from imrs.answer.engine import ZoneSet
 from imrs.answer.query import read_name
 from imrs.answer.respond import AnswerOptions, Responder
@@ -44,8 +45,9 @@ class Snapshot:
     #: Zones configured but not served now (expired), by origin, with their on-expiry action.
     unavailable: Mapping[bytes, str] = field(default_factory=dict)
 
-    def answer(self, wire: bytes, tcp: bool, ipv6: bool) -> bytes | None:
-        """The response bytes, or None to send nothing: fast path first, reference after."""
+    def answer(self, wire: bytes, tcp: bool, ipv6: bool, peer: bytes | None = None) -> bytes | None:
+        """The response bytes, or None to send nothing: fast path first, reference after.
+        ``peer`` is the client's address, packed (4 or 16 octets), for DNS Cookies."""
         if self.unavailable:
             action = self._unavailable_action(wire)
             if action == _DROP:
@@ -54,13 +56,13 @@ class Snapshot:
                 return _servfail(wire)
         if self.compiled is not None:
             try:
-                out = self.compiled.answer(wire, tcp, ipv6)
+                out = self.compiled.answer(wire, tcp, ipv6, peer)
             except Exception:  # noqa: BLE001 - a fast-path bug must cost speed, not answers
                 _log_fast_path_failure(wire)
                 out = None
             if out is not None:
                 return out
-        return self.reference.respond(wire, tcp, ipv6)
+        return self.reference.respond(wire, tcp, ipv6, peer)
 
     def _unavailable_action(self, wire: bytes) -> str | None:
         """The on-expiry action when the question is for an unavailable zone (and for no served
@@ -114,13 +116,15 @@ def build_snapshot(
     *,
     versions: Mapping[bytes, ZoneVersion] | None = None,
     unavailable: Mapping[bytes, str] | None = None,
+    cookies: CookieJar | None = None,
 ) -> Snapshot:
-    """Make a ready-to-serve snapshot (the fast path is precomputed here, not per query)."""
+    """Make a ready-to-serve snapshot (the fast path is precomputed here, not per query).
+    ``cookies``: the jar that makes and checks DNS Cookies (None: COOKIE options ignored)."""
     started = time.monotonic()
     zone_set = ZoneSet(zones)
     versions = MappingProxyType(dict(versions)) if versions else _EMPTY
     unavailable = MappingProxyType(dict(unavailable)) if unavailable else _EMPTY
-    reference = Responder(zone_set, options, versions=versions)
+    reference = Responder(zone_set, options, versions=versions, cookies=cookies)
     compiled = CompiledAnswers(reference) if compile_answers else None
     took = time.monotonic() - started
     if compiled is not None:

@@ -12,9 +12,11 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from imrs.serve import batchio
 from imrs.serve.notify_in import NotifyReceiver
+from imrs.serve.rrl import SEND, SLIP, RateLimiter, slip_response
 from imrs.serve.snapshot import SnapshotHolder
 
 log = logging.getLogger("imrs.udp")
@@ -26,15 +28,20 @@ RECV_SIZE = 65535  # a datagram is never cut short: a cut query could parse as a
 class UdpListener:
     """One UDP socket bound to one address."""
 
-    def __init__(self, sock: socket.socket, holder: SnapshotHolder, stats: "ServeStats",
-                 notify: NotifyReceiver | None = None):
+    def __init__(self, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
+                 notify: NotifyReceiver | None = None, rrl: RateLimiter | None = None,
+                 cookie_check: Callable[[bytes, bytes], bool] | None = None):
         self.sock = sock
         self.notify = notify
         self.holder = holder
         self.stats = stats
+        self.rrl = rrl
+        #: whether a query carries a valid server cookie from the peer (exempt from RRL)
+        self.cookie_check = cookie_check
         self.ipv6 = sock.family == socket.AF_INET6
         self._last_error_log = 0.0
         self._batch: batchio.BatchSocket | None = None
+        self.rrl_exempt_cookie = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.sock.setblocking(False)
@@ -48,11 +55,14 @@ class UdpListener:
         loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
+    def counters(self) -> dict[str, int]:
+        return {"rrl_exempt_cookie": self.rrl_exempt_cookie} if self.rrl is not None else {}
+
     def _drain(self) -> None:
+        """The portable path: one recvfrom and one sendto per datagram."""
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
-        ipv6 = self.ipv6
-        answer = self.holder.current.answer
+        family = self.sock.family
         received = sent = 0
         try:
             for _ in range(BATCH):
@@ -63,15 +73,7 @@ class UdpListener:
                 except OSError:
                     continue  # e.g. ICMP port unreachable reported on the socket
                 received += 1
-                try:
-                    response = None
-                    if self.notify is not None and NotifyReceiver.is_notify(wire):
-                        response = self.notify.handle(wire, addr[0])
-                    if response is None:
-                        response = answer(wire, False, ipv6)
-                except Exception:  # a bug must not stop the server: count it, log it, go on
-                    self._internal_error()
-                    continue
+                response = self._respond(wire, socket.inet_pton(family, addr[0].split("%")[0]), addr[0])
                 if response is not None:
                     try:
                         sendto(response, addr)
@@ -82,11 +84,37 @@ class UdpListener:
             self.stats.udp_received += received
             self.stats.udp_sent += sent
 
+    def _respond(self, wire: bytes, peer: bytes, peer_text: str | None = None) -> bytes | None:
+        """The response to send for one datagram (None: nothing), rate limiting applied."""
+        try:
+            response = None
+            if self.notify is not None and NotifyReceiver.is_notify(wire):
+                response = self.notify.handle(wire, peer_text or _peer_text(peer))
+            if response is None:
+                response = self.holder.current.answer(wire, False, self.ipv6, peer)
+            if response is not None and self.rrl is not None:
+                verdict = self.rrl.decide(peer, wire, response)
+                if verdict != SEND:
+                    response = self._limited(verdict, wire, peer, response)
+            return response
+        except Exception:  # noqa: BLE001 - a bug must not stop the server: count it, log it, go on
+            self._internal_error()
+            return None
+
+    def _limited(self, verdict: int, wire: bytes, peer: bytes, response: bytes) -> bytes | None:
+        """A response RRL limits: sent anyway for a query with a valid server cookie (the
+        source is proven, not spoofed), else truncated (slip) or dropped."""
+        if self.cookie_check is not None and self.cookie_check(wire, peer):
+            self.rrl_exempt_cookie += 1
+            return response
+        return slip_response(response) if verdict == SLIP else None
+
     def _drain_batched(self) -> None:
+        """recvmmsg/sendmmsg: up to VLEN datagrams per system call each way."""
         batch = self._batch
-        ipv6 = self.ipv6
-        answer = self.holder.current.answer
         stats = self.stats
+        offset, size = (8, 16) if self.ipv6 else (4, 4)
+        step = batchio.SOCKADDR_SIZE
         for _ in range(BATCH // batchio.VLEN):
             try:
                 wires = batch.receive()
@@ -95,23 +123,25 @@ class UdpListener:
             if not wires:
                 return
             stats.udp_received += len(wires)
-            if self.notify is not None and any(NotifyReceiver.is_notify(w) for w in wires):
-                stats.udp_sent += batch.reply([self._answer_one(batch, i, w, answer) for i, w in enumerate(wires)])
+            names = batch.peers()
+            if self.notify is None and self.rrl is None:
+                answer = self.holder.current.answer
+                ipv6 = self.ipv6
+                responses = []
+                for i, wire in enumerate(wires):
+                    start = i * step + offset
+                    try:
+                        responses.append(answer(wire, False, ipv6, names[start : start + size]))
+                    except Exception:  # noqa: BLE001 - counted, logged, the next one is served
+                        self._internal_error()
+                        responses.append(None)
             else:
-                stats.udp_sent += batch.answer_and_reply(wires, answer, ipv6, self._internal_error)
+                respond = self._respond
+                responses = [respond(wire, names[i * step + offset : i * step + offset + size])
+                             for i, wire in enumerate(wires)]
+            stats.udp_sent += batch.reply(responses)
             if len(wires) < batchio.VLEN:
                 return
-
-    def _answer_one(self, batch: batchio.BatchSocket, i: int, wire: bytes, answer) -> bytes | None:
-        try:
-            if NotifyReceiver.is_notify(wire):
-                response = self.notify.handle(wire, batch.peer(i))
-                if response is not None:
-                    return response
-            return answer(wire, False, self.ipv6)
-        except Exception:
-            self._internal_error()
-            return None
 
     def _internal_error(self) -> None:
         self.stats.internal_errors += 1
@@ -121,10 +151,14 @@ class UdpListener:
             log.exception("internal error answering a UDP query (further ones are counted, logged every 10 s)")
 
 
+def _peer_text(peer: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(peer) == 16 else socket.AF_INET, peer)
+
+
 class ServeStats:
     """Plain counters the listeners bump (exported by the telemetry work later)."""
 
-    __slots__ = ("udp_received", "udp_sent", "tcp_connections", "tcp_refused", "tcp_queries", "tcp_timeouts", "send_errors", "internal_errors")
+    __slots__ = ("internal_errors", "send_errors", "tcp_connections", "tcp_queries", "tcp_refused", "tcp_timeouts", "udp_received", "udp_sent")
 
     def __init__(self):
         for name in self.__slots__:

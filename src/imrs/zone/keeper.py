@@ -1,10 +1,9 @@
 """Keeps one zone fresh: SOA timers, NOTIFY, expiry, and handing verified versions over.
 
-A ZoneKeeper lives in the serving process's event loop but does no heavy work there: each
-refresh (fetch, parse, verify, save) runs in the control-plane process (see
-:mod:`imrs.zone.refresh`), and only a version that passed comes back.  The keeper then turns
-it into a query-ready :class:`~imrs.zone.data.ZoneData` in a worker thread and asks the
-server to publish a new snapshot.
+A ZoneKeeper lives in the supervisor's event loop but does no heavy work there: each refresh
+(fetch, parse, verify, save) runs in the control-plane process (see :mod:`imrs.zone.refresh`),
+and only a version that passed comes back.  The keeper then asks the publisher to hand it to
+the data plane, which builds its query-ready form.
 
 Timers follow RFC 1035/1996: after a successful check the next comes after the SOA refresh
 interval, after a failure after the retry interval; a zone not refreshed for the SOA expire
@@ -25,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from imrs.config import ZoneConfig
-from imrs.zone.data import ZoneData
 from imrs.zone.records import Diff, ZoneRecords, ZoneVersion, name_to_text
 from imrs.zone.refresh import (
     RefreshJob,
@@ -104,17 +102,14 @@ class ZoneKeeper:
         config: ZoneConfig,
         job: RefreshJob,
         control: ControlPlane,
-        build: Callable[[ZoneRecords], ZoneData],
         on_change: Callable[[ZoneKeeper, float], Awaitable[None]],
     ):
         self.config = config
         self.job = job
         self.control = control
-        self.build = build
         self.on_change = on_change
         self.origin = job.origin
         self.records: ZoneRecords | None = None
-        self.zone_data: ZoneData | None = None
         self.journal: tuple[Diff, ...] = ()
         self.expired = False
         self.status = ZoneStatus(name_to_text(job.origin))
@@ -126,7 +121,7 @@ class ZoneKeeper:
     # -- what the data plane publishes ------------------------------------------------
     @property
     def serving(self) -> bool:
-        return self.zone_data is not None and not self.expired
+        return self.records is not None and not self.expired
 
     def version(self) -> ZoneVersion | None:
         if self.records is None:
@@ -226,7 +221,6 @@ class ZoneKeeper:
     async def _accept(self, outcome: RefreshOutcome, refreshed_at: float, started: float) -> None:
         zone = outcome.zone
         assert zone is not None
-        zone_data = await asyncio.to_thread(self.build, zone)
         if outcome.diffs:
             journal = self.journal + outcome.diffs
         elif self.records is not None and outcome.how != "saved":
@@ -237,7 +231,6 @@ class ZoneKeeper:
             journal = ()
         self.journal = journal[-JOURNAL_LENGTH:]
         self.records = zone
-        self.zone_data = zone_data
         if outcome.timers is not None:
             refresh, retry, expire = outcome.timers
             cfg = self.config

@@ -1,0 +1,282 @@
+"""The supervisor's pool of data-plane processes: start, feed, watch, restart, stop.
+
+Each worker (:mod:`imrs.serve.worker`) is a process of its own with its own listening sockets,
+bound by the supervisor with SO_REUSEPORT so the kernel spreads the queries over the workers
+(as NSD does with ``reuseport``).  A worker gets its sockets only once its first snapshot is
+built, so no query waits on a worker that cannot answer yet; when a worker dies its sockets
+close with it and the kernel sends their share to the others until the replacement is ready.
+
+Zone changes reach the workers in two phases (prepare, then commit when every worker has
+built the new snapshot), so the workers change version together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import send_handle
+
+from imrs.serve import worker
+from imrs.serve.publish import Publication
+
+log = logging.getLogger("imrs.workers")
+
+#: How long a worker may take to build a snapshot (start, or a new publication).
+BUILD_TIMEOUT = 300.0
+#: How long a worker may take to stop before it is killed.
+STOP_TIMEOUT = 10.0
+#: Restart delays for a worker that keeps dying soon after start (seconds, doubled each time).
+RESTART_DELAY = (0.0, 30.0)
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    started: float
+    state: str = "starting"  # starting, serving, gone
+    generation: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiters: dict[str, asyncio.Future] = field(default_factory=dict)
+
+    async def send(self, message: object) -> None:
+        """Send in a thread: a publication is megabytes and the pipe only holds kilobytes."""
+        async with self.lock:
+            await asyncio.to_thread(self.conn.send, message)
+
+
+class WorkerPool:
+    """``count`` workers serving the latest publication on sockets from ``make_sockets``."""
+
+    def __init__(
+        self,
+        count: int,
+        make_sockets: Callable[[], list[socket.socket]],
+        worker_args: tuple,
+        on_notify: Callable[[bytes, int | None], None] = lambda origin, serial: None,
+    ):
+        self.count = count
+        self.make_sockets = make_sockets
+        self.worker_args = worker_args
+        self.on_notify = on_notify
+        self.latest: Publication | None = None
+        self.slots: dict[int, _Slot] = {}
+        self.restarts = 0
+        self._stopping = False
+        self._failures: dict[int, int] = {}  # index -> quick deaths in a row
+        self._context = multiprocessing.get_context("spawn")  # the supervisor has threads: never fork
+        self._pending: tuple[int, set[_Slot], asyncio.Future] | None = None
+        self._final: dict[str, int] = {}
+
+    # -- starting ---------------------------------------------------------------------------
+    async def start(self, publication: Publication) -> None:
+        """Start every worker and wait until all serve (raise RuntimeError if one cannot)."""
+        self.latest = publication
+        ready = [self._spawn(index) for index in range(self.count)]
+        waits = [self._wait(slot, "serving", BUILD_TIMEOUT) for slot in ready]
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        failed = [slot.index for slot, result in zip(ready, results) if result is not True]
+        if failed:
+            raise RuntimeError(f"worker(s) {', '.join(map(str, failed))} did not start; see the log above")
+
+    def _spawn(self, index: int) -> _Slot:
+        parent, child = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=worker.main, args=(child, index, *self.worker_args),
+                                        name=f"imrs-worker-{index}")
+        process.start()
+        child.close()
+        slot = _Slot(index, process, parent, time.monotonic())
+        self.slots[index] = slot
+        loop = asyncio.get_running_loop()
+        loop.add_reader(parent.fileno(), self._on_message, slot)
+        loop.add_reader(process.sentinel, self._on_exit, slot)
+        assert self.latest is not None
+        loop.create_task(slot.send(("prepare", self.latest)))
+        log.info("worker %d started (pid %d)", index, process.pid)
+        return slot
+
+    async def _wait(self, slot: _Slot, what: str, timeout: float):
+        future = asyncio.get_running_loop().create_future()
+        slot.waiters[what] = future
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            log.error("worker %d: no %r within %.0f s", slot.index, what, timeout)
+            return False
+        finally:
+            slot.waiters.pop(what, None)
+
+    @staticmethod
+    def _resolve(slot: _Slot, what: str, value: object) -> None:
+        future = slot.waiters.get(what)
+        if future is not None and not future.done():
+            future.set_result(value)
+
+    async def _hand_sockets(self, slot: _Slot) -> None:
+        try:
+            sockets = self.make_sockets()
+        except OSError as exc:
+            log.error("worker %d: cannot open its sockets: %s; stopping it", slot.index, exc)
+            slot.process.terminate()
+            return
+        try:
+            async with slot.lock:
+                slot.conn.send(len(sockets))
+                for sock in sockets:
+                    send_handle(slot.conn, sock.fileno(), slot.process.pid)
+        except OSError as exc:
+            log.error("worker %d: cannot hand over its sockets: %s", slot.index, exc)
+            return
+        finally:
+            for sock in sockets:
+                sock.close()  # the worker holds them now: they must die with it
+        slot.state = "serving"
+        self._resolve(slot, "serving", True)
+
+    # -- messages and deaths ----------------------------------------------------------------
+    def _on_message(self, slot: _Slot) -> None:
+        try:
+            message = slot.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(slot.conn.fileno())
+            return
+        self._handle(slot, message)
+
+    def _handle(self, slot: _Slot, message: tuple) -> None:
+        kind = message[0]
+        loop = asyncio.get_running_loop()
+        if kind == "ready":
+            slot.generation = message[1]
+            assert self.latest is not None
+            if message[1] < self.latest.generation:  # a publication came while it was starting
+                loop.create_task(slot.send(("prepare", self.latest)))
+            else:
+                loop.create_task(self._hand_sockets(slot))
+        elif kind == "prepared":
+            pending = self._pending
+            if pending is not None and pending[0] == message[1] and slot in pending[1]:
+                pending[1].discard(slot)
+                if not pending[1] and not pending[2].done():
+                    pending[2].set_result(True)
+        elif kind == "notify":
+            self.on_notify(message[1], message[2])
+        elif kind in ("stats", "stopped"):
+            self._resolve(slot, kind, message[1])
+
+    def _on_exit(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(slot.process.sentinel)
+        try:
+            loop.remove_reader(slot.conn.fileno())
+            while slot.conn.poll():  # what it said before it went (its last counters)
+                self._handle(slot, slot.conn.recv())
+        except (ValueError, OSError, EOFError):
+            pass
+        slot.process.join(1.0)  # the sentinel fires at exit; reaping follows at once
+        was = slot.state
+        slot.state = "gone"
+        slot.conn.close()
+        for future in slot.waiters.values():
+            if not future.done():
+                future.set_result(False)
+        pending = self._pending
+        if pending is not None and slot in pending[1]:
+            pending[1].discard(slot)
+            if not pending[1] and not pending[2].done():
+                pending[2].set_result(True)
+        if self.slots.get(slot.index) is slot:
+            del self.slots[slot.index]
+        if self._stopping:
+            return
+        self.restarts += 1
+        quick = time.monotonic() - slot.started < 10
+        failures = self._failures.get(slot.index, 0) + 1 if quick else 0
+        self._failures[slot.index] = failures
+        delay = 0.0 if failures <= 1 else min(RESTART_DELAY[1], 2.0 ** (failures - 1))
+        log.error("worker %d (pid %d) died (exit code %s) while %s; restarting it%s", slot.index, slot.process.pid,
+                  slot.process.exitcode, was, f" in {delay:.0f} s" if delay else "")
+        loop.call_later(delay, self._restart, slot.index)
+
+    def _restart(self, index: int) -> None:
+        if not self._stopping and index not in self.slots:
+            self._spawn(index)
+
+    # -- publishing -------------------------------------------------------------------------
+    async def publish(self, publication: Publication) -> None:
+        """Have every serving worker build ``publication``, then switch them all to it."""
+        self.latest = publication
+        targets = {slot for slot in self.slots.values() if slot.state == "serving"}
+        if not targets:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._pending = (publication.generation, set(targets), done)
+        began = time.monotonic()
+        try:
+            await asyncio.gather(*(slot.send(("prepare", publication)) for slot in targets), return_exceptions=True)
+            try:
+                async with asyncio.timeout(BUILD_TIMEOUT):
+                    await done
+            except TimeoutError:
+                log.error("generation %d: not every worker built it within %.0f s; switching those that did",
+                          publication.generation, BUILD_TIMEOUT)
+            laggards = self._pending[1]
+            built = time.monotonic()
+            for slot in targets - laggards:
+                if slot.state == "serving":
+                    try:
+                        slot.conn.send(("commit", publication.generation))
+                        slot.generation = publication.generation
+                    except OSError:
+                        pass
+            log.info("generation %d: built by %d worker(s) in %.2f s, switched within %.1f ms", publication.generation,
+                     len(targets - laggards), built - began, (time.monotonic() - built) * 1000)
+        finally:
+            self._pending = None
+
+    # -- counters and stopping --------------------------------------------------------------
+    async def counters(self, timeout: float = 2.0) -> dict[str, int]:
+        """The workers' counters summed (those that answer within ``timeout``)."""
+        live = [slot for slot in self.slots.values() if slot.state == "serving"]
+        waits = []
+        for slot in live:
+            waits.append(self._wait(slot, "stats", timeout))
+            await slot.send(("stats",))
+        return _sum([r for r in await asyncio.gather(*waits) if isinstance(r, dict)], self.restarts)
+
+    async def stop(self) -> dict[str, int]:
+        """Stop every worker (killing those that do not stop in time); their final counters."""
+        self._stopping = True
+        slots = list(self.slots.values())
+        waits = []
+        for slot in slots:
+            waits.append(asyncio.ensure_future(self._wait(slot, "stopped", STOP_TIMEOUT)))
+            try:
+                slot.conn.send(("stop",))
+            except OSError:
+                pass
+        results = await asyncio.gather(*waits) if waits else []
+        for slot in slots:
+            await asyncio.to_thread(slot.process.join, 2.0)
+            if slot.process.is_alive():
+                log.error("worker %d did not stop; killing it", slot.index)
+                slot.process.kill()
+                await asyncio.to_thread(slot.process.join, 2.0)
+        return _sum([r for r in results if isinstance(r, dict)], self.restarts)
+
+
+def _sum(counters: Sequence[dict[str, int]], restarts: int) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counters:
+        for key, value in one.items():
+            total[key] = total.get(key, 0) + value
+    total["workers_restarted"] = restarts
+    return total

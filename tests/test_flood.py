@@ -1,0 +1,462 @@
+"""Flood tests: imrs under attack traffic, on loopback only, each load bounded to seconds.
+
+The load comes from tests/flood/floodgen.py, run as its own process pinned to core 1: as root
+it writes whole IPv4+UDP packets to a raw socket, so that every query can carry any source
+address in 127.0.0.0/8, and it sends them prebuilt, up to 1024 per sendmmsg(2) call, with no
+Python work per packet.  On a 2-core VM it makes about 200,000-450,000 packets/s (it varies
+with the VM's noise and with what the receiving side does).  A server that runs as one
+process is pinned to core 0.  Every test prints its figures (``pytest -s``), writes them to
+``flood_results.json`` in its temporary directory, and repeats them in its assertion messages.
+
+test_reflection_amplification[nsd|imrs]
+    One source (a victim whose address an attacker spoofs; here an ordinary socket on
+    127.66.0.1) sends ``. DNSKEY`` with DO and EDNS 1232 (a 28-octet query for an 864-octet
+    answer) at 20,500 q/s for 3.5 s and counts the DNS octets it sent and got back.  Just
+    over the issue's 20,000 q/s is the hardest case: the slips are as long as the queries,
+    so the fixed allowance of full answers weighs less the faster the victim is hit.  With
+    response rate limiting on (imrs: its default, no ``--rrl-rate``, 1 worker; NSD: its
+    defaults, rrl-ratelimit 200, rrl-slip 2) the octets sent back must not exceed those
+    sent (amplification <= 1), some answers must be TC=1, and one of those queries asked
+    again over TCP must get the whole answer.  The victim must reach 20,000 q/s, or the test
+    fails rather than pass on a machine too slow to attack; if its own socket dropped
+    answers the count is not valid and the test fails too.  NSD passes at 0.64-0.67 (about
+    115 full answers a second, a 28-octet TC=1 answer to every other query).
+test_junk_flood_legit_share
+    A random-subdomain and junk flood from 500 sources, each in its own /24 (60 % names
+    <random>.<random label>. for NXDOMAIN, 30 % <random>.<real TLD>. for referrals, 10 %
+    malformed or odd messages; assorted types, half with EDNS), while a legitimate client
+    (127.77.0.1, a /24 of its own) asks 20 different real-TLD questions (referrals and DS
+    answers) at 200 q/s, about 10 q/s per rate-limit category, far under any limit.  Its
+    share is the fraction of its queries answered correctly (ID, question, NOERROR, TC
+    clear) within 1 s.  NSD (default RRL, one server process, pinned to core 0), imrs with
+    1 worker (pinned to core 0) and imrs with 2 workers (not pinned) get the same packets in
+    4-second segments that take turns (two rounds, the second in reverse order, so that the
+    VM's drift hits all alike; the client asks during the middle 3 s of each).  Two regimes:
+      max    the generator's highest rate.  It outruns a server core: the kernel drops what
+             the server cannot read from its socket buffer without regard to who sent it,
+             and NSD keeps 35-60 % here, not the 98-100 % the issue expected.  imrs must keep
+             at least NSD's share, less SHARE_TOLERANCE; the 97 % floor applies to this regime
+             only where NSD itself keeps NSD_KEEPS (98 %) or more.
+      floor  FLOOR_RATE (40,000) q/s, a flood NSD absorbs (it keeps 100 %; it reads up to
+             about 85,000 q/s on one core here): imrs must keep at least NSD's share, less
+             SHARE_TOLERANCE, and never below 97 %.
+test_tcp_exhaustion
+    3,000 TCP connections, each from its own source address (so that no per-source cap
+    applies), are opened to imrs (1 worker) and held idle; any the server closes is opened
+    again from a new address at up to 200/s, to keep up the pressure.  Meanwhile a
+    legitimate client on its own address makes 20 new connections one after the other, one
+    query each: every one must be answered within 2 s.  (NSD, whose default tcp-count is
+    100, answers each within 0.4 s: it shortens its idle timeout when full.)
+test_memory_million_sources
+    imrs with 2 workers and the default RRL.  After a one-second warm-up flood (so that what
+    any traffic builds, such as lazily made answer variants, is there before the baseline),
+    1,200,000 queries from 1,000,000 distinct sources (127.100.0.1 to 127.249.255.27: 38,400
+    /24s, 26 or 27 addresses in each; the first 200,000 send twice), 85 % of them
+    <random>.<TLD>. over all 1,438 TLDs of the zone, so that nearly every (prefix, category)
+    pair is new.  The generator sends up to 100,000 q/s and slows down while the server's
+    sockets drop datagrams, so that the queries reach the server, for at most 30 s.  The
+    summed VmRSS of the server and all its descendants (Pss reported too) is sampled every
+    0.5 s: its peak may exceed the figure before the flood by at most MEMORY_GROWTH_LIMIT_MB.
+    The kernel's drop count on the server's sockets gives how many distinct sources the
+    server actually heard from: at least MEMORY_MIN_REACHED, or the test has not shown what
+    it claims and fails.
+
+Needs Linux, cores 0 and 1, root for the junk flood and memory tests (the raw socket; they
+skip without it), and NSD 4.6 (``apt-get install nsd``; without it the tests that compare
+fail, as the NSD differential tests do).
+Run:  .venv/bin/python -m pytest tests/test_flood.py -m flood -s
+``IMRS_FLOOD_SRC=/path/to/src`` runs the imrs servers from another source tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+from flood.harness import Gen, memory_kb, pin_tree, udp_port_drops, zone_tlds
+from peers.nsd_server import NsdServer, NsdUnavailable, find_nsd
+from serverproc import ROOT_ZONE, ServerProc, frame, parse, query, read_frame, udp_ask
+
+pytestmark = [pytest.mark.flood, pytest.mark.timeout(240)]
+
+SERVER_CPU = 0
+GEN_CPU = 1
+
+VICTIM = "127.66.0.1"
+LEGIT_UDP = "127.77.0.1"
+LEGIT_TCP = "127.88.0.1"
+
+# q/s asked of the victim's socket: just over the issue's 20,000, the hardest case (at higher rates
+# the slips, as long as the queries, outweigh the fixed allowance of full answers more and more)
+REFLECT_RATE = 20_500
+REFLECT_MIN_RATE = 20_000  # the issue's figure: below it the test fails (the machine could not attack)
+REFLECT_SECONDS = 3.5
+LARGE_ANSWER_MIN = 500  # octets: ". DNSKEY" with DO must be a large answer for the test to mean anything
+
+FLOOD_SOURCES = 500  # each in its own /24
+SEGMENT_SECONDS = 4.0  # per server and round; the legit client asks during the middle 3 s
+LEGIT_RATE = 200  # q/s, spread over 20 questions (about 10 q/s per RRL category)
+FLOOR_RATE = 40_000  # q/s: a flood NSD absorbs on this kind of machine (it keeps up to ~85,000 q/s)
+# Shares are measured over ~1,200 queries per server and regime; at the generator's highest rate
+# two segments of the same server differ by up to ~6 points on a noisy VM.
+SHARE_TOLERANCE = 0.05
+SHARE_FLOOR = 0.97
+NSD_KEEPS = 0.98  # where NSD keeps this much, the floor applies
+
+TCP_IDLE_CONNECTIONS = 3000
+TCP_LEGIT_QUERIES = 20
+TCP_ANSWER_WITHIN = 2.0
+
+MEMORY_SOURCES = 1_000_000
+MEMORY_QUERIES = 1_200_000  # every source once, the first 200,000 twice
+MEMORY_FLOOD_RATE = 100_000  # q/s at most: the generator slows down while the server's sockets drop
+MEMORY_FLOOD_SECONDS = 30  # at most: 1,200,000 queries take 12 s at 100,000/s, 30 s at 40,000/s
+# Per-source state must be bounded: all processes together may grow by this much over the flood.
+# An unbounded rate-limit table keyed by (/24, category) would hold ~500,000 entries here, a few
+# hundred MB in Python; a bounded one (NSD's is 1,000,000 fixed buckets) tens of MB.
+MEMORY_GROWTH_LIMIT_MB = 150
+# Distinct sources whose queries the server must actually have read (estimated from the kernel's
+# drop count on its sockets) for the test to count: fewer, and it did not see a million sources.
+MEMORY_MIN_REACHED = 800_000
+
+# NsdServer's configuration turns NSD's RRL off and sets tcp-count 200 for the differential
+# tests; these put back NSD 4.6.1's defaults (rrl-slip 2, rrl-ipv4-prefix-length 24, rrl-size
+# 1000000 and rrl-whitelist-ratelimit 2000 are not set there, so they are the defaults already).
+NSD_DEFAULTS = {"rrl-ratelimit": "200", "tcp-count": "100"}
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(autouse=True)
+def _flood_requirements():
+    if not os.path.isdir("/proc") or not hasattr(os, "sched_setaffinity"):
+        pytest.skip("flood tests need Linux (/proc, sched_setaffinity)")
+    if len(os.sched_getaffinity(0)) < 2 or not {SERVER_CPU, GEN_CPU} <= os.sched_getaffinity(0):
+        pytest.skip("flood tests need cores 0 and 1 (server on one, load generator on the other)")
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the flood's many sources in 127.0.0.0/8 are spoofed with a raw socket (IP_HDRINCL)")
+
+
+@pytest.fixture
+def results(tmp_path, request):
+    """A dict the test fills; printed and written to flood_results.json at the end."""
+    data: dict = {"test": request.node.name}
+    yield data
+    path = tmp_path / "flood_results.json"
+    path.write_text(json.dumps(data, indent=2))
+    print(f"\n[{request.node.name}] figures ({path}):\n{json.dumps(data, indent=2)}")
+
+
+def _imrs(workdir: Path, workers: int, rrl_rate: int | None = None, name: str = "imrs") -> ServerProc:
+    args = ["--zone", str(ROOT_ZONE), "--workers", str(workers)]
+    if rrl_rate is not None:
+        args += ["--rrl-rate", str(rrl_rate)]
+    src = os.environ.get("IMRS_FLOOD_SRC")
+    return ServerProc(workdir, args, name=name, env={"PYTHONPATH": src} if src else None, rrl=True)
+
+
+def _nsd(workdir: Path) -> NsdServer:
+    try:
+        nsd = find_nsd()
+    except NsdUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    srv = NsdServer(ROOT_ZONE, workdir, extra_conf=NSD_DEFAULTS)
+    srv.start()
+    checkconf = os.path.join(os.path.dirname(nsd), "nsd-checkconf")
+    got = {key: subprocess.run([checkconf, "-o", key, str(workdir / "nsd.conf")], capture_output=True,
+                               text=True, check=False).stdout.strip() for key in ("rrl-ratelimit", "rrl-slip", "tcp-count")}
+    if got != {"rrl-ratelimit": "200", "rrl-slip": "2", "tcp-count": "100"}:
+        srv.stop()
+        pytest.fail(f"NSD does not run with its default RRL settings: {got}", pytrace=False)
+    return srv
+
+
+def _pid(srv) -> int:
+    return srv.proc.pid
+
+
+def _pin(srv, cpus: set[int]) -> list[int]:
+    pids = pin_tree(_pid(srv), cpus)
+    assert pids, f"could not pin {srv!r}"
+    return pids
+
+
+def _still_answers(srv) -> None:
+    wire = query(".", "SOA", 4242)
+    resp = udp_ask(srv.host, srv.port, wire, timeout=3.0)
+    assert resp is not None, f"{srv!r} no longer answers after the flood"
+    assert parse(resp).rcode() == dns.rcode.NOERROR
+
+
+def _stop_all(servers) -> None:
+    errors = []
+    for srv in servers:
+        try:
+            srv.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, "\n".join(errors)
+
+
+# --------------------------------------------------------------------------- reflection
+
+
+@pytest.mark.parametrize("server", ["nsd", "imrs"])
+def test_reflection_amplification(server, tmp_path, results):
+    """The nsd case checks the test itself: NSD with its default RRL passes it."""
+    srv = _nsd(tmp_path / "nsd") if server == "nsd" else _imrs(tmp_path / "imrs", workers=1).start().wait_ready()
+    retry = None
+    try:
+        _pin(srv, {SERVER_CPU})
+        probe = udp_ask(srv.host, srv.port, query(".", "DNSKEY", 7, do=True, payload=1232))
+        assert probe is not None, "no answer to . DNSKEY"
+        assert len(probe) > LARGE_ANSWER_MIN and not parse(probe).flags & dns.flags.TC, \
+            f". DNSKEY with DO is {len(probe)} octets (TC={bool(parse(probe).flags & dns.flags.TC)}): not a large answer"
+        r = Gen("reflect", port=srv.port, duration=REFLECT_SECONDS, rate=REFLECT_RATE, cpu=GEN_CPU,
+                source=VICTIM, qname=".", qtype="DNSKEY", edns=1232, do=1).result(REFLECT_SECONDS + 30)
+        results.update({"server": server, "answer_octets": len(probe), **r})
+        if r["tc_query"]:  # the client behind the victim's address falls back to TCP
+            retry = _tcp_ask(srv.host, srv.port, bytes.fromhex(r["tc_query"]))
+            results["tcp_retry_octets"] = None if retry is None else len(retry)
+        _still_answers(srv)
+    finally:
+        _stop_all([srv])
+    figures = (f"{server}: sent {r['sent']} queries ({r['sent_bytes']} octets) at {r['rate']}/s for {r['seconds']} s, "
+               f"received {r['received']} answers ({r['received_bytes']} octets; {r['full']} full, {r['tc']} TC=1), "
+               f"amplification {r['amplification']}")
+    print("\n" + figures)
+    assert r["drops"] == 0, f"the victim's socket dropped {r['drops']} answers: the count is not valid; {figures}"
+    assert r["rate"] >= REFLECT_MIN_RATE, \
+        f"this machine made only {r['rate']} q/s from one source (need {REFLECT_MIN_RATE}): the test is not valid here"
+    assert r["received_bytes"] <= r["sent_bytes"], f"the server amplifies: {figures}"
+    assert r["tc"] > 0, f"no TC=1 (slip) answer: a real client behind the victim's address cannot fall back to TCP; {figures}"
+    assert r["tc_query"], f"no TC=1 answer matched a query sent; {figures}"
+    assert retry is not None, "the TC=1 query asked again over TCP got no answer"
+    msg = parse(retry)
+    assert not msg.flags & dns.flags.TC and msg.rcode() == dns.rcode.NOERROR, f"TCP answer: {msg}"
+    assert any(rr.rdtype == dns.rdatatype.DNSKEY for rr in msg.answer), f"TCP answer without the DNSKEY RRset: {msg}"
+    assert len(retry) > LARGE_ANSWER_MIN
+
+
+def _tcp_ask(host: str, port: int, wire: bytes, source: str | None = None, timeout: float = 5.0) -> bytes | None:
+    """One query on a new TCP connection (from ``source`` if given); None if no answer in time."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if source:
+            s.bind((source, 0))
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+            s.sendall(frame(wire))
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            return read_frame(s)
+        except (OSError, AssertionError):
+            return None
+
+
+# --------------------------------------------------------------------------- junk flood, legit share
+
+
+def _share(segments: list[dict], port: int) -> tuple[float, int, int]:
+    sent = sum(s["sent"] for s in segments if s["port"] == port)
+    answered = sum(s["answered"] for s in segments if s["port"] == port)
+    return (answered / sent if sent else 0.0), answered, sent
+
+
+def test_junk_flood_legit_share(tmp_path, results):
+    _need_root()
+    one = _imrs(tmp_path / "imrs1", workers=1, name="imrs1")
+    two = _imrs(tmp_path / "imrs2", workers=2, name="imrs2")
+    stoppable = [two, one]
+    gens: list[Gen] = []
+    try:
+        for s in (one, two):
+            s.start()  # they load while NSD does
+        nsd = _nsd(tmp_path / "nsd")
+        stoppable.append(nsd)
+        for s in (one, two):
+            s.wait_ready()
+        servers = {"nsd": nsd, "imrs1": one, "imrs2": two}
+        _pin(nsd, {SERVER_CPU})
+        _pin(one, {SERVER_CPU})  # imrs2 keeps both cores: its second worker shares core 1 with the load
+        port_of = {name: s.port for name, s in servers.items()}
+        name_of = {port: name for name, port in port_of.items()}
+        order = ["nsd", "imrs1", "imrs2"]
+        plan = ([(n, 0) for n in order] + [(n, 0) for n in reversed(order)]  # regime "max", two rounds
+                + [(n, FLOOR_RATE) for n in order])  # regime "floor"
+        schedule = ",".join(f"{port_of[n]}:{rate}:{SEGMENT_SECONDS}" for n, rate in plan)
+        drops0 = {n: udp_port_drops(p) for n, p in port_of.items()}
+        start_at = time.time() + 2.0  # both generators prebuild their packets meanwhile
+        gens.append(Gen("flood", schedule=schedule, gap=1.0, sources=FLOOD_SOURCES, pool=16384, cpu=GEN_CPU,
+                        start_at=start_at))
+        gens.append(Gen("legit", schedule=schedule, gap=1.0, rate=LEGIT_RATE, cpu=GEN_CPU, source=LEGIT_UDP,
+                        start_at=start_at, margin=0.5, deadline=1.0))
+        budget = len(plan) * (SEGMENT_SECONDS + 1.0) + 30
+        f, leg = (g.result(budget) for g in gens)
+        drops = {n: udp_port_drops(p) - drops0[n] for n, p in port_of.items()}
+        for s in servers.values():
+            _still_answers(s)
+    finally:
+        for g in gens:
+            g.kill()
+        _stop_all(stoppable)
+    assert f["spoofed"], "the flood could not spoof sources"
+    table = {}
+    for regime, segs in (("max", slice(0, 6)), ("floor", slice(6, 9))):
+        fsegs, lsegs = f["segments"][segs], leg["segments"][segs]
+        for name, port in port_of.items():
+            share, answered, sent = _share(lsegs, port)
+            mine = [s for s in fsegs if s["port"] == port]
+            rate = round(sum(s["sent"] for s in mine) / sum(s["seconds"] for s in mine))
+            table[(regime, name)] = {"share": round(share, 4), "answered": answered, "sent": sent,
+                                     "flood_rate": rate, "late": sum(s["late"] for s in lsegs if s["port"] == port),
+                                     "tc": sum(s["tc"] for s in lsegs if s["port"] == port)}
+    results.update({"flood": f, "legit": leg, "server_socket_drops": drops,
+                    "summary": {f"{r}/{n}": v for (r, n), v in table.items()}})
+    lines = [f"{r:5} {n:5}: legit share {v['share']:.4f} ({v['answered']}/{v['sent']}), flood {v['flood_rate']}/s, "
+             f"late {v['late']}, tc {v['tc']}" for (r, n), v in table.items()]
+    figures = "\n".join(lines)
+    per_segment = "\n".join(
+        f"  segment {k}: {name_of[fs['port']]:5} flood {fs['rate']}/s, legit {ls['answered']}/{ls['sent']} "
+        f"(p50 {ls['latency_ms_p50']} ms)"
+        for k, (fs, ls) in enumerate(zip(f["segments"], leg["segments"])))
+    print("\n" + figures + "\n" + per_segment)
+    failures = []
+    for regime in ("max", "floor"):
+        ref = table[(regime, "nsd")]["share"]
+        for name in ("imrs1", "imrs2"):
+            got = table[(regime, name)]["share"]
+            if got < ref - SHARE_TOLERANCE:
+                failures.append(f"{regime}: {name} keeps {got:.4f}, NSD {ref:.4f} (tolerance {SHARE_TOLERANCE})")
+            if (regime == "floor" or ref >= NSD_KEEPS) and got < SHARE_FLOOR:
+                failures.append(f"{regime}: {name} keeps {got:.4f} < {SHARE_FLOOR}")
+    assert not failures, "\n".join(failures) + "\n" + figures
+
+
+# --------------------------------------------------------------------------- TCP exhaustion
+
+
+def test_tcp_exhaustion(tmp_path, results):
+    srv = _imrs(tmp_path / "imrs", workers=1).start().wait_ready()
+    answers = []
+    holder = None
+    try:
+        _pin(srv, {SERVER_CPU})
+        holder = Gen("tcphold", port=srv.port, connections=TCP_IDLE_CONNECTIONS, duration=90, cpu=GEN_CPU,
+                     reopen_rate=200, burst=256, connect_timeout=3.0)
+        ready = holder.line("READY", timeout=60)
+        questions = [("com", "NS"), ("org", "DS"), ("www.example.de", "A"), ("net", "NS"), ("nl", "DS")]
+        failures = 0
+        for k in range(TCP_LEGIT_QUERIES):
+            name, qtype = questions[k % len(questions)]
+            wire = query(name, qtype, 1000 + k)
+            t0 = time.monotonic()
+            resp = _tcp_ask(srv.host, srv.port, wire, source=LEGIT_TCP, timeout=TCP_ANSWER_WITHIN)
+            took = time.monotonic() - t0
+            ok = (resp is not None and resp[:2] == wire[:2] and took <= TCP_ANSWER_WITHIN
+                  and parse(resp).rcode() == dns.rcode.NOERROR)
+            answers.append({"query": f"{name} {qtype}", "answered": ok, "seconds": round(took, 3)})
+            failures += not ok
+            if failures >= 5:
+                break  # enough to know; keeps the test short
+            time.sleep(0.1)
+        held = holder.stop()
+        holder = None
+        _still_answers(srv)
+    finally:
+        if holder is not None:
+            holder.kill()
+        _stop_all([srv])
+    results.update({"ready": ready, "holder": held, "legit": answers, "server_stats": srv.stats()})
+    answered = sum(a["answered"] for a in answers)
+    figures = (f"idle connections: {ready['attempts']} opened in {ready['seconds_to_open']} s, {ready['open']} still open "
+               f"when the legit client started, {held['closed_by_server']} closed by the server, {held['reopened']} "
+               f"reopened, open at end {held['open_at_end']}; legit TCP client: {answered}/{len(answers)} answered "
+               f"within {TCP_ANSWER_WITHIN} s ({[a['seconds'] for a in answers]})")
+    print("\n" + figures)
+    assert ready["attempts"] >= TCP_IDLE_CONNECTIONS and ready["established"] >= 0.95 * TCP_IDLE_CONNECTIONS, \
+        f"the idle connections could not be made: the test is not valid; {figures}"
+    assert answered == TCP_LEGIT_QUERIES, f"legitimate TCP queries went unanswered; {figures}"
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _sample_memory(pid: int, stop: threading.Event, out: list[dict], interval: float = 0.5) -> None:
+    t0 = time.monotonic()
+    while not stop.is_set():
+        m = memory_kb(pid)
+        m["t"] = round(time.monotonic() - t0, 2)
+        out.append(m)
+        stop.wait(interval)
+
+
+def test_memory_million_sources(tmp_path, results):
+    _need_root()
+    tld_file = tmp_path / "tlds.txt"
+    tld_file.write_text("\n".join(zone_tlds(ROOT_ZONE)))
+    srv = _imrs(tmp_path / "imrs", workers=2).start().wait_ready()
+    samples: list[dict] = []
+    try:
+        time.sleep(1.0)  # workers settle
+        # warm-up: the same mix from a few sources, so what any traffic builds (lazily made answer
+        # variants, allocator arenas) is there before the baseline
+        Gen("flood", port=srv.port, duration=1.0, rate=MEMORY_FLOOD_RATE, sources=500, pool=16384,
+            tld_file=tld_file, mix="0.1,0.85,0.05", cpu=GEN_CPU, seed=2).result(60)
+        time.sleep(1.0)
+        baseline = memory_kb(_pid(srv))
+        drops0 = udp_port_drops(srv.port)
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_memory, args=(_pid(srv), stop, samples), daemon=True)
+        sampler.start()
+        try:
+            f = Gen("flood", port=srv.port, duration=MEMORY_FLOOD_SECONDS, rate=MEMORY_FLOOD_RATE, adaptive=True,
+                    distinct_sources=MEMORY_SOURCES, total=MEMORY_QUERIES, pool=65536, tld_file=tld_file,
+                    mix="0.1,0.85,0.05", cpu=GEN_CPU, seed=3).result(MEMORY_FLOOD_SECONDS + 60)
+            time.sleep(1.5)  # what was queued is read
+        finally:
+            stop.set()
+            sampler.join(timeout=5)
+        drops = udp_port_drops(srv.port) - drops0
+        after = memory_kb(_pid(srv))
+        _still_answers(srv)
+    finally:
+        _stop_all([srv])
+    peak = max(samples + [after], key=lambda m: m["rss_kb"])
+    read = f["sent"] - drops
+    # sources go round in order: min(sent, N) sent once or more, the first sent - N of them twice;
+    # a query is lost (dropped by the kernel) with p = drops / sent
+    p = min(1.0, drops / f["sent"]) if f["sent"] else 1.0
+    once_or_more = min(f["sent"], MEMORY_SOURCES)
+    twice = max(0, f["sent"] - MEMORY_SOURCES)
+    reached = round((once_or_more - twice) * (1 - p) + twice * (1 - p * p))
+    growth_mb = (peak["rss_kb"] - baseline["rss_kb"]) / 1024
+    results.update({"baseline": baseline, "peak": peak, "after": after, "growth_mb": round(growth_mb, 1),
+                    "flood": f, "server_socket_drops": drops, "queries_read": read,
+                    "distinct_sources_reached_estimate": reached, "samples": samples,
+                    "server_stats": srv.stats()})
+    figures = (f"{f['sent']} queries in {f['seconds']} s ({f['rate']}/s on average, down to "
+               f"{f['segments'][0]['adaptive_rate_low']}/s) from {min(f['sent'], MEMORY_SOURCES)} sources; server read {read} "
+               f"(dropped {drops}; about {reached} distinct sources reached it); summed RSS "
+               f"{baseline['rss_kb'] // 1024} MB before ({baseline['processes']} processes), peak "
+               f"{peak['rss_kb'] // 1024} MB at {peak.get('t')} s, {after['rss_kb'] // 1024} MB after; "
+               f"Pss {baseline['pss_kb'] // 1024} -> {max(m['pss_kb'] for m in samples + [after]) // 1024} MB; "
+               f"growth {growth_mb:.1f} MB (limit {MEMORY_GROWTH_LIMIT_MB} MB)")
+    print("\n" + figures)
+    assert growth_mb <= MEMORY_GROWTH_LIMIT_MB, f"memory grows with the number of sources; {figures}"
+    assert reached >= MEMORY_MIN_REACHED, \
+        f"the server read too few of the queries (from too few sources) for the test to count; {figures}"

@@ -1,0 +1,194 @@
+"""Workers: several data-plane processes share the listeners, a dead one is restarted and
+counted, and a zone change reaches every worker at once.
+
+Each test starts the real server (`python -m imrs serve --workers N`) and talks DNS to it over
+loopback; the queries come from many source ports, so SO_REUSEPORT spreads them over all
+the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Self
+
+import dns.message
+import pytest
+from serverproc import ServerProc
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "zones" / "testroot"
+OLD, NEW = SHARED / "root-2026082200.zone", SHARED / "root-2026082201.zone"
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _workers(srv: ServerProc) -> list[int]:
+    """The supervisor's worker processes (its children running the multiprocessing spawn
+    entry point; the control plane is one too, but only once a zone is kept)."""
+    pids = []
+    for pid in _children(srv.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def _soa_query(qid: int) -> bytes:
+    return struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 0) + b"\x00\x00\x06\x00\x01"
+
+
+def _serial(response: bytes) -> int:
+    """The SOA serial answered, or -1 for an answer without one (REFUSED before the zone loads)."""
+    answer = dns.message.from_wire(response).answer
+    return answer[0][0].serial if answer else -1
+
+
+class Prober:
+    """Many UDP sockets (so many source ports) asking for the SOA serial, recording
+    (time sent, serial or None) for every query."""
+
+    def __init__(self, addr: tuple[str, int], sockets: int = 24, interval: float = 0.01):
+        self.addr = addr
+        self.socks = []
+        for _ in range(sockets):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(1.0)
+            self.socks.append(sock)
+        self.interval = interval
+        self.results: list[tuple[float, int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        qid = 0
+        while not self._stop.is_set():
+            for sock in self.socks:
+                qid = (qid + 1) & 0xFFFF
+                sent = time.monotonic()
+                sock.sendto(_soa_query(qid), self.addr)
+                try:
+                    while True:
+                        data = sock.recv(4096)
+                        if data[:2] == struct.pack("!H", qid):
+                            break
+                    self.results.append((sent, _serial(data)))
+                except OSError:
+                    self.results.append((sent, None))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self.socks:
+            sock.close()
+
+
+def test_workers_share_the_port_and_a_dead_one_is_restarted(tmp_path):
+    srv = ServerProc(tmp_path, ["--zone", str(NEW), "--workers", "2", "--rrl-rate", "0"])
+    srv.start().wait_ready()
+    try:
+        workers = _workers(srv)
+        assert len(workers) == 2, f"expected 2 workers, found {workers}"
+        with Prober(srv.addr) as prober:
+            time.sleep(0.5)
+            os.kill(workers[0], signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                now = _workers(srv)
+                if len(now) == 2 and workers[0] not in now:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail(f"no replacement worker within 60 s: {_workers(srv)}\n{srv.stderr()[-3000:]}")
+            time.sleep(6)  # the replacement builds its snapshot, then takes its share
+        replacement = next(pid for pid in _workers(srv) if pid != workers[1])
+        answered = [serial for _, serial in prober.results if serial is not None]
+        lost = len(prober.results) - len(answered)
+        assert set(answered) == {2026082201}
+        # queries hashed to the dead worker's socket in flight when it died are lost; after
+        # that the kernel sends its share to the live one
+        assert lost <= 3 * len(prober.socks), f"{lost} of {len(prober.results)} queries lost"
+        assert f"worker 0 (pid {workers[0]}) died" in srv.stderr()
+        assert f"worker 0 started (pid {replacement})" in srv.stderr()
+    finally:
+        srv.stop()
+    assert srv.stats()["workers_restarted"] == 1
+
+
+def test_zone_change_reaches_every_worker_at_once(tmp_path):
+    """A kept zone (file source, refreshed every second) changes on disk; once one query sees
+    the new serial, queries sent a moment later never see the old one, whichever worker
+    answers them."""
+    live = tmp_path / "root.zone"
+    shutil.copy(OLD, live)
+    config = f"""
+[server]
+workers = 2
+[rrl]
+rate = 0
+[[zone]]
+name = "."
+sources = ["file://{live}"]
+anchor = "none"
+refresh-min = 1
+refresh-max = 1
+"""
+    srv = ServerProc(tmp_path, [], config=config)
+    srv.start().wait_ready()
+    try:
+        assert len(_workers(srv)) >= 2
+        with Prober(srv.addr, interval=0.005) as prober:
+            deadline = time.monotonic() + 60
+            while not any(serial == 2026082200 for _, serial in prober.results[-50:]):
+                assert time.monotonic() < deadline, f"the zone was never served\n{srv.stderr()[-3000:]}"
+                time.sleep(0.1)
+            time.sleep(1.0)
+            tmp = tmp_path / "next.zone"
+            shutil.copy(NEW, tmp)
+            os.replace(tmp, live)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if any(serial == 2026082201 for _, serial in prober.results[-50:]):
+                    break
+                time.sleep(0.1)
+            time.sleep(2.0)
+        results = prober.results
+        first_new = min((t for t, serial in results if serial == 2026082201), default=None)
+        assert first_new is not None, f"the new serial was never served\n{srv.stderr()[-3000:]}"
+        old_after = [t - first_new for t, serial in results if serial == 2026082200 and t > first_new]
+        # the swap itself: the commit message reaches the other worker within a batch
+        assert not [d for d in old_after if d > 0.25], (
+            f"old serial served {max(old_after):.3f} s after the new one was first seen")
+        started = min(t for t, serial in results if serial == 2026082200)
+        assert sum(1 for t, serial in results if serial is None and t > started) <= 5
+        assert "switched within" in srv.stderr()
+    finally:
+        srv.stop()
