@@ -317,7 +317,10 @@ class PacketFactory:
             elif k < 0.85:
                 out.append(edns_option(15, struct.pack("!H", rng.randrange(30))))  # EDE (odd in a query)
             else:
-                out.append(edns_option(rng.randrange(65536), bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))))
+                code = rng.randrange(65536)
+                if code in (10, 11):  # COOKIE and keepalive have lengths of their own (above)
+                    code = 65001
+                out.append(edns_option(code, bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))))
         return b"".join(out)
 
     def good_opt(self, version: int | None = None) -> bytes:

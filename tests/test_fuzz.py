@@ -327,9 +327,19 @@ _name = st.one_of(
 _qtype = st.one_of(st.sampled_from(COMMON_QTYPES), st.integers(0, 65535))
 _qclass = st.one_of(st.sampled_from([C_IN, C_CH, C_HS, C_NONE, C_ANY]), st.integers(0, 65535))
 _payload = st.one_of(st.sampled_from(EDNS_PAYLOADS), st.integers(0, 65535))
+def _well_formed_option(code: int, data: bytes) -> bytes:
+    """An option a well-formed query may carry: a COOKIE is 8 or 16..40 octets (RFC 7873 5.2.2:
+    other lengths are FORMERR), an edns-tcp-keepalive in a query is empty (RFC 7828 3.2.1)."""
+    if code == 10 and not (len(data) == 8 or 16 <= len(data) <= 40):
+        data = (data + bytes(8))[:8]
+    if code == 11:
+        data = b""
+    return edns_option(code, data)
+
+
 _good_options = st.lists(
-    st.tuples(st.one_of(st.sampled_from([3, 8, 10, 12, 15]), st.integers(0, 65535)), st.binary(max_size=40)),
-    max_size=4).map(lambda opts: b"".join(edns_option(c, d) for c, d in opts))
+    st.tuples(st.one_of(st.sampled_from([3, 8, 10, 11, 12, 15]), st.integers(0, 65535)), st.binary(max_size=40)),
+    max_size=4).map(lambda opts: b"".join(_well_formed_option(c, d) for c, d in opts))
 _options = st.one_of(_good_options, st.binary(max_size=40), st.tuples(_good_options, st.binary(min_size=1, max_size=3)).map(b"".join))
 _opt = st.builds(opt_rr, payload=_payload, version=st.one_of(st.just(0), st.integers(0, 255)),
                  flags=st.one_of(st.sampled_from([0, 0x8000]), st.integers(0, 65535)), rdata=_options,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from imrs.answer.compiled import CompiledAnswers
+from imrs.answer.fastc import answer as fast_answer
 from imrs.answer.cookies import CookieJar
 from imrs.answer.engine import ZoneSet
 from imrs.answer.query import read_name
@@ -56,7 +57,7 @@ class Snapshot:
                 return _servfail(wire)
         if self.compiled is not None:
             try:
-                out = self.compiled.answer(wire, tcp, ipv6, peer)
+                out = fast_answer(self.compiled, wire, tcp, ipv6, peer)  # C when built, else Python
             except Exception:  # noqa: BLE001 - a fast-path bug must cost speed, not answers
                 _log_fast_path_failure(wire)
                 out = None

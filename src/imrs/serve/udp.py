@@ -110,11 +110,16 @@ class UdpListener:
         return slip_response(response) if verdict == SLIP else None
 
     def _drain_batched(self) -> None:
-        """recvmmsg/sendmmsg: up to VLEN datagrams per system call each way."""
+        """recvmmsg/sendmmsg: up to VLEN datagrams per system call each way.  The per-packet
+        loop is _respond() written out, with everything it needs in local variables."""
         batch = self._batch
         stats = self.stats
-        offset, size = (8, 16) if self.ipv6 else (4, 4)
+        ipv6 = self.ipv6
+        offset, size = (8, 16) if ipv6 else (4, 4)
         step = batchio.SOCKADDR_SIZE
+        notify = self.notify
+        is_notify = NotifyReceiver.is_notify
+        decide = self.rrl.decide if self.rrl is not None else None
         for _ in range(BATCH // batchio.VLEN):
             try:
                 wires = batch.receive()
@@ -124,21 +129,27 @@ class UdpListener:
                 return
             stats.udp_received += len(wires)
             names = batch.peers()
-            if self.notify is None and self.rrl is None:
-                answer = self.holder.current.answer
-                ipv6 = self.ipv6
-                responses = []
-                for i, wire in enumerate(wires):
-                    start = i * step + offset
-                    try:
-                        responses.append(answer(wire, False, ipv6, names[start : start + size]))
-                    except Exception:  # noqa: BLE001 - counted, logged, the next one is served
-                        self._internal_error()
-                        responses.append(None)
-            else:
-                respond = self._respond
-                responses = [respond(wire, names[i * step + offset : i * step + offset + size])
-                             for i, wire in enumerate(wires)]
+            answer = self.holder.current.answer
+            responses = []
+            append = responses.append
+            start = offset
+            for wire in wires:
+                peer = names[start : start + size]
+                start += step
+                try:
+                    response = None
+                    if notify is not None and is_notify(wire):
+                        response = notify.handle(wire, _peer_text(peer))
+                    if response is None:
+                        response = answer(wire, False, ipv6, peer)
+                    if response is not None and decide is not None:
+                        verdict = decide(peer, wire, response)
+                        if verdict != SEND:
+                            response = self._limited(verdict, wire, peer, response)
+                except Exception:  # noqa: BLE001 - counted, logged, the next one is served
+                    self._internal_error()
+                    response = None
+                append(response)
             stats.udp_sent += batch.reply(responses)
             if len(wires) < batchio.VLEN:
                 return
