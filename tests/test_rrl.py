@@ -162,9 +162,13 @@ def test_flood_is_held_to_the_rate(per_second):
     rl, clock = limiter(rate=50)
     sent = run_seconds(rl, clock, ip("198.51.100.7"), nxdomain("nope."), per_second, 20)
     # NSD lets a new bucket reach twice the rate in its first second; the gate adds at most
-    # one rate's worth before the prefix is accounted; after that, the rate exactly
+    # one rate's worth before the prefix is accounted.  After that every response counts,
+    # limited or not (as NSD counts them): a flood gets less than the rate, and one of twice
+    # the rate or more gets nothing but slips
     assert sent[0] <= 3 * 50
-    assert sent[-10:] == [50] * 10
+    assert max(sent[-10:]) < 50
+    if per_second >= 2 * 50:
+        assert sum(sent[-10:]) <= 10
     assert rl.stats.limited == per_second * 20 - sum(sent)
     assert rl.stats.blocks == 1
 
@@ -173,8 +177,8 @@ def test_limit_lifts_when_the_flood_stops():
     rl, clock = limiter(rate=50)
     peer, response = ip("198.51.100.7"), nxdomain("nope.")
     run_seconds(rl, clock, peer, response, 500, 5)
-    assert send(rl, peer, response, 100)[SEND] == 50  # still held to the rate
-    clock.t += 3  # quiet: the debt decays
+    assert send(rl, peer, response, 100)[SEND] == 0  # still limited
+    clock.t += 5  # quiet: the debt halves every second
     assert run_seconds(rl, clock, peer, response, 50, 5) == [50] * 5
 
 
@@ -208,7 +212,7 @@ def test_gate_collisions_never_let_a_flood_through():
                     assert rl.decide(peer, b"", response) == SEND
         sent.append(ok)
     assert sent[0] <= 2 * 20
-    assert sent[1:] == [20] * 9
+    assert sum(sent[1:]) == 0  # 200/s, ten times the rate: held from the second second on
 
 
 def test_two_prefixes_share_a_gate_pair_without_thrashing():

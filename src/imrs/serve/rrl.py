@@ -30,15 +30,14 @@ Names are compared without regard to case.  The size rule applies to answers onl
 root referral is over 1024 octets, and is a referral.
 
 Accounting (NSD ``rrl_update``).  Time runs in whole-second steps of the clock.  A bucket
-keeps ``count``, the responses sent in the current step, and a smoothed rate folded in at
-each step change, ``r = r/2 + count``, halved once more for each further step without traffic
-and forgotten after 16 (NSD ``rrl_attenuate_bucket``): ``r`` is about twice the recent
-responses per second, a debt that decays by half each second.  A response is limited when
+keeps ``count``, the responses in the current step, and a smoothed rate folded in at each
+step change, ``r = r/2 + count``, halved once more for each further step without traffic and
+forgotten after 16 (NSD ``rrl_attenuate_bucket``): ``r`` is about twice the recent responses
+per second, a debt that decays by half each second.  A response is limited when
 ``count + r/2 >= 2 * rate`` (NSD's limit is twice the rate, as its ``r`` is); so a steady
-``rate`` per second passes, and a flood passes up to ``2 * rate`` in its first second, as
-in NSD, then ``rate`` per second.  Unlike NSD, only the responses sent are counted: NSD counts
-every response, so that a flood above the rate is blocked entirely (but for the slips); here
-it gets ``rate`` responses per second, as with Knot and as imrs' configuration describes.
+``rate`` per second passes, and a flood passes up to ``2 * rate`` in its first second.  As in
+NSD, every response counts, limited or not: a source that keeps flooding at twice the rate or
+more is blocked entirely but for the slips, and sends nothing big back to a spoofed victim.
 
 Table.  The buckets live in preallocated ``array`` columns of ``table_size`` slots.  A bucket's
 key is a 64-bit hash (salted per process) of what identifies it; a different key landing in a
@@ -346,8 +345,9 @@ class RateLimiter:
         if c + h < self._limit:
             bcount[i] = c + 1
             return SEND
-        # limited (and not counted: only what is sent counts)
-        bcount[i] = c
+        # limited, and counted all the same, as NSD counts every response: a source that keeps
+        # flooding stays limited (it gets slips only), instead of a steady `rate` of full answers
+        bcount[i] = c + 1
         n = blimited[i] + 1
         blimited[i] = n
         if n == 1:
