@@ -36,7 +36,9 @@ test_junk_flood_legit_share
              the server cannot read from its socket buffer without regard to who sent it,
              and NSD keeps 35-60 % here, not the 98-100 % the issue expected.  imrs must keep
              at least NSD's share, less SHARE_TOLERANCE; the 97 % floor applies to this regime
-             only where NSD itself keeps NSD_KEEPS (98 %) or more.
+             only where NSD itself keeps NSD_KEEPS (98 %) or more.  Today it does not (one
+             imrs worker reads about 90-110k q/s of this flood, NSD about 160k): the test then
+             ends as XFAIL with the figures, a known shortfall, after the floor regime passed.
       floor  FLOOR_RATE (40,000) q/s, a flood NSD absorbs (it keeps 100 %; it reads up to
              about 85,000 q/s on one core here): imrs must keep at least NSD's share, less
              SHARE_TOLERANCE, and never below 97 %.
