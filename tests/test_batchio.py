@@ -283,32 +283,40 @@ def _ask_all(host: str, port: int, wires: list[bytes], burst: int = 40) -> dict[
 
 
 def test_server_answers_the_same_with_and_without_batchio(tmp_path_factory):
+    """The C loop (imrs._fastpath.udp_drain, the default where it is built), the batched
+    Python loop and the plain one send the same bytes."""
     d = tmp_path_factory.mktemp("batch")
     zone = d / "root.zone"
     zone.write_text(root_subset({"com", "net", "org", "de", "arpa", "xn--p1ai"}))
     hosts = ("127.0.0.1", "::1") if _ipv6_ok() else ("127.0.0.1",)
-    batched = ServerProc(d, ["--zone", str(zone)], hosts=hosts, name="batched")
-    plain = ServerProc(d, ["--zone", str(zone)], hosts=hosts, env={"IMRS_NO_BATCHIO": "1"}, name="plain")
-    start_all([batched, plain])
+    one = ["--zone", str(zone), "--workers", "1", "--log-level", "debug"]
+    c_loop = ServerProc(d, one, hosts=hosts, name="c-loop")
+    batched = ServerProc(d, one, hosts=hosts, env={"IMRS_NO_FASTC": "1"}, name="batched")
+    plain = ServerProc(d, one, hosts=hosts, env={"IMRS_NO_BATCHIO": "1", "IMRS_NO_FASTC": "1"}, name="plain")
+    servers = (c_loop, batched, plain)
+    start_all(list(servers))
     try:
         wires = _queries(random.Random(6891))
         assert len({w[:2] for w in wires}) == len(wires)  # IDs identify the queries
         for host in hosts:
-            a = _ask_all(host, batched.port, wires)
             b = _ask_all(host, plain.port, wires)
-            assert len(a) >= 250, f"only {len(a)} answers over {host}"
-            assert a.keys() == b.keys()
-            diffs = [i for i in a if a[i] != b[i]]
-            assert not diffs, f"{len(diffs)} responses differ over {host}, e.g. query {diffs[0]}"
+            assert len(b) >= 250, f"only {len(b)} answers over {host}"
+            for other in (batched, c_loop):
+                a = _ask_all(host, other.port, wires)
+                assert a.keys() == b.keys(), other.name
+                diffs = [i for i in a if a[i] != b[i]]
+                assert not diffs, f"{other.name}: {len(diffs)} responses differ over {host}, e.g. query {diffs[0]}"
     finally:
         errors = []
-        for s in (batched, plain):
+        for s in servers:
             try:
                 s.stop()
             except AssertionError as exc:
                 errors.append(str(exc))
         assert not errors, "\n".join(errors)
-    # both actually served every datagram on their own path
-    for s in (batched, plain):
+    # each actually served every datagram on its own path
+    for s, path in zip(servers, ("C loop", "batched Python loop", "plain Python loop")):
+        assert f": {path} (" in s.stderr(), f"{s.name} did not use the {path}"
+    for s in servers:
         stats = s.stats()
         assert stats.get("udp_received", 0) >= len(wires) * len(hosts), stats

@@ -13,9 +13,13 @@
  * reference (released at "out").
  */
 #define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
 #include <Python.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define UDP_DEFAULT_MAX 512 /* imrs.answer.respond.UDP_DEFAULT_MAX */
 #define MAX_QEND 267        /* compiled.py: "if qend > 267" (12 + 255) */
@@ -375,7 +379,120 @@ error: /* a real error (memory): raise it */
     return NULL;
 }
 
+
+/* ---------------------------------------------------------------------------------------------
+ * udp_drain(fd, handler, ipv6, max_packets) -> (received, sent, errors)
+ *
+ * The UDP receive-answer-send loop of serve/udp.py (UdpListener._drain_batched) in C: recvmmsg
+ * up to VLEN datagrams at a time, until the socket is empty or max_packets were read; for each,
+ * handler(wire: bytes, peer: bytes) gives the response bytes or None (peer: the packed source
+ * address, 4 or 16 octets); the responses go back with sendmmsg to the address each query came
+ * from.  The handler is expected to catch its own errors; one that escapes anyway is cleared,
+ * counted in ``errors``, and that datagram gets no answer.  A datagram cut short (MSG_TRUNC) is
+ * dropped.  Buffers are allocated once (the GIL serialises every call).
+ */
+#define VLEN 64
+#define SLOT 65536
+
+static char *recv_buffer;
+static struct sockaddr_in6 names[VLEN];
+static struct iovec recv_iov[VLEN], send_iov[VLEN];
+static struct mmsghdr recv_msgs[VLEN], send_msgs[VLEN];
+
+static PyObject *
+udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "udp_drain(fd, handler, ipv6, max_packets)");
+        return NULL;
+    }
+    int fd = (int)PyLong_AsLong(args[0]);
+    PyObject *handler = args[1];
+    int ipv6 = PyObject_IsTrue(args[2]);
+    long max_packets = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (recv_buffer == NULL) {
+        recv_buffer = PyMem_RawMalloc((size_t)VLEN * SLOT);
+        if (recv_buffer == NULL)
+            return PyErr_NoMemory();
+    }
+    long received = 0, sent = 0, errors = 0;
+    PyObject *responses[VLEN];
+    while (received < max_packets) {
+        for (int i = 0; i < VLEN; i++) {
+            recv_iov[i].iov_base = recv_buffer + (size_t)i * SLOT;
+            recv_iov[i].iov_len = SLOT;
+            memset(&recv_msgs[i].msg_hdr, 0, sizeof recv_msgs[i].msg_hdr);
+            recv_msgs[i].msg_hdr.msg_name = &names[i];
+            recv_msgs[i].msg_hdr.msg_namelen = sizeof names[i];
+            recv_msgs[i].msg_hdr.msg_iov = &recv_iov[i];
+            recv_msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(fd, recv_msgs, VLEN, MSG_DONTWAIT, NULL);
+        if (n <= 0)
+            break; /* empty (EAGAIN), interrupted, or an error reported on the socket: done for now */
+        received += n;
+        int count = 0;
+        for (int i = 0; i < n; i++) {
+            responses[i] = NULL;
+            if (recv_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+                continue;
+            const char *addr;
+            Py_ssize_t alen;
+            if (ipv6) {
+                addr = (const char *)&names[i].sin6_addr;
+                alen = 16;
+            } else {
+                addr = (const char *)&((struct sockaddr_in *)&names[i])->sin_addr;
+                alen = 4;
+            }
+            PyObject *wire = PyBytes_FromStringAndSize(recv_iov[i].iov_base, recv_msgs[i].msg_len);
+            PyObject *peer = PyBytes_FromStringAndSize(addr, alen);
+            PyObject *response = NULL;
+            if (wire != NULL && peer != NULL) {
+                PyObject *call_args[2] = {wire, peer};
+                response = PyObject_Vectorcall(handler, call_args, 2, NULL);
+            }
+            Py_XDECREF(wire);
+            Py_XDECREF(peer);
+            if (response == NULL) {
+                PyErr_Clear();
+                errors++;
+                continue;
+            }
+            if (!PyBytes_Check(response)) {
+                Py_DECREF(response); /* None: nothing to send */
+                continue;
+            }
+            responses[i] = response;
+            send_iov[count].iov_base = PyBytes_AS_STRING(response);
+            send_iov[count].iov_len = (size_t)PyBytes_GET_SIZE(response);
+            memset(&send_msgs[count].msg_hdr, 0, sizeof send_msgs[count].msg_hdr);
+            send_msgs[count].msg_hdr.msg_name = &names[i];
+            send_msgs[count].msg_hdr.msg_namelen = recv_msgs[i].msg_hdr.msg_namelen;
+            send_msgs[count].msg_hdr.msg_iov = &send_iov[count];
+            send_msgs[count].msg_hdr.msg_iovlen = 1;
+            count++;
+        }
+        int done = 0;
+        while (done < count) {
+            int m = sendmmsg(fd, send_msgs + done, (unsigned)(count - done), MSG_DONTWAIT);
+            if (m <= 0)
+                break; /* socket buffer full or an error: the rest are lost, like packets */
+            done += m;
+        }
+        sent += done;
+        for (int i = 0; i < n; i++)
+            Py_XDECREF(responses[i]);
+    }
+    return Py_BuildValue("(lll)", received, sent, errors);
+}
+
 static PyMethodDef methods[] = {
+    {"udp_drain", (PyCFunction)(void (*)(void))udp_drain, METH_FASTCALL,
+     "udp_drain(fd, handler, ipv6, max_packets) -> (received, sent, errors)\n\n"
+     "recvmmsg, handler(wire, peer) per datagram, sendmmsg; until the socket is empty."},
     {"answer", (PyCFunction)(void (*)(void))fast_answer, METH_FASTCALL,
      "answer(compiled, wire, tcp, ipv6) -> bytes | None\n\n"
      "CompiledAnswers.answer for queries without EDNS options whose answer shape is cached;\n"

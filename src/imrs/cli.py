@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -69,7 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"imrs: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level or settings.log_level)
+    if args.log_level:  # the workers log at the settings' level too
+        settings = dataclasses.replace(settings, log_level=args.log_level)
+    _setup_logging(settings.log_level)
     try:
         serve(settings)
     except ZoneFileError as exc:

@@ -14,12 +14,17 @@ import socket
 import time
 from collections.abc import Callable
 
+from imrs.answer import fastc
 from imrs.serve import batchio
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.rrl import SEND, SLIP, RateLimiter, slip_response
 from imrs.serve.snapshot import SnapshotHolder
 
 log = logging.getLogger("imrs.udp")
+
+# The C loop and the C answer, when built and not turned off (IMRS_NO_FASTC=1)
+udp_drain = getattr(fastc._fastpath, "udp_drain", None) if fastc.enabled() else None
+c_answer = fastc._fastpath.answer if udp_drain is not None else None
 
 BATCH = 512  # datagrams per wake-up before yielding to TCP and timers
 RECV_SIZE = 65535  # a datagram is never cut short: a cut query could parse as another
@@ -45,11 +50,17 @@ class UdpListener:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.sock.setblocking(False)
-        if batchio.AVAILABLE:
+        if udp_drain is not None and batchio.AVAILABLE:
+            loop.add_reader(self.sock.fileno(), self._drain_c)
+            path = "C loop (recvmmsg/sendmmsg)"
+        elif batchio.AVAILABLE:
             self._batch = batchio.BatchSocket(self.sock.fileno())
             loop.add_reader(self.sock.fileno(), self._drain_batched)
+            path = "batched Python loop (recvmmsg/sendmmsg)"
         else:
             loop.add_reader(self.sock.fileno(), self._drain)
+            path = "plain Python loop (recvfrom/sendto)"
+        log.debug("UDP on %s: %s", self.sock.getsockname()[:2], path)
 
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_reader(self.sock.fileno())
@@ -108,6 +119,42 @@ class UdpListener:
             self.rrl_exempt_cookie += 1
             return response
         return slip_response(response) if verdict == SLIP else None
+
+    def _drain_c(self) -> None:
+        """The loop in C (imrs._fastpath.udp_drain: recvmmsg, this handler per datagram,
+        sendmmsg), the answer itself in C where the fast path's C half has it."""
+        snapshot = self.holder.current
+        ipv6 = self.ipv6
+        notify = self.notify
+        is_notify = NotifyReceiver.is_notify
+        decide = self.rrl.decide if self.rrl is not None else None
+        fast = c_answer if snapshot.compiled is not None and not snapshot.unavailable else None
+        compiled = snapshot.compiled
+        answer = snapshot.answer
+
+        def handle(wire: bytes, peer: bytes) -> bytes | None:
+            try:
+                response = None
+                if notify is not None and is_notify(wire):
+                    response = notify.handle(wire, _peer_text(peer))
+                if response is None:
+                    # the C half of the fast path, else the whole of Snapshot.answer
+                    response = fast(compiled, wire, False, ipv6) if fast is not None else None
+                    if response is None:
+                        response = answer(wire, False, ipv6, peer)
+                if response is not None and decide is not None:
+                    verdict = decide(peer, wire, response)
+                    if verdict != SEND:
+                        response = self._limited(verdict, wire, peer, response)
+                return response
+            except Exception:  # noqa: BLE001 - counted, logged, the next one is served
+                self._internal_error()
+                return None
+
+        received, sent, errors = udp_drain(self.sock.fileno(), handle, ipv6, BATCH)
+        self.stats.udp_received += received
+        self.stats.udp_sent += sent
+        self.stats.internal_errors += errors
 
     def _drain_batched(self) -> None:
         """recvmmsg/sendmmsg: up to VLEN datagrams per system call each way.  The per-packet
