@@ -56,6 +56,34 @@ def _workers(srv: ServerProc) -> list[int]:
     return pids
 
 
+def _wait_all_serving(srv: ServerProc, timeout: float = 60.0) -> None:
+    """Until the supervisor logs that every worker serves."""
+    deadline = time.monotonic() + timeout
+    while "listening on" not in srv.stderr():
+        assert time.monotonic() < deadline, f"the workers never all served\n{srv.stderr()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_a_worker_that_dies_while_starting_is_started_again(tmp_path):
+    """Killed before it serves, a worker is replaced, and the server starts all the same."""
+    srv = ServerProc(tmp_path, ["--zone", str(NEW), "--workers", "2", "--rrl-rate", "0"])
+    srv.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(_workers(srv)) < 2:
+            assert time.monotonic() < deadline, srv.stderr()[-3000:]
+            time.sleep(0.01)
+        first = _workers(srv)[0]
+        os.kill(first, signal.SIGKILL)
+        srv.wait_ready()
+        _wait_all_serving(srv)
+        assert first not in _workers(srv) and len(_workers(srv)) == 2
+        assert "died (exit code -9) while starting; restarting it" in srv.stderr()
+    finally:
+        srv.stop()
+    assert srv.stats()["workers_restarted"] == 1
+
+
 def _soa_query(qid: int) -> bytes:
     return struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 0) + b"\x00\x00\x06\x00\x01"
 
@@ -113,8 +141,9 @@ class Prober:
 
 def test_workers_share_the_port_and_a_dead_one_is_restarted(tmp_path):
     srv = ServerProc(tmp_path, ["--zone", str(NEW), "--workers", "2", "--rrl-rate", "0"])
-    srv.start().wait_ready()
+    srv.start().wait_ready()  # the first worker answers; wait for the other one too
     try:
+        _wait_all_serving(srv)
         workers = _workers(srv)
         assert len(workers) == 2, f"expected 2 workers, found {workers}"
         with Prober(srv.addr) as prober:

@@ -78,14 +78,25 @@ class WorkerPool:
 
     # -- starting ---------------------------------------------------------------------------
     async def start(self, publication: Publication) -> None:
-        """Start every worker and wait until all serve (raise RuntimeError if one cannot)."""
+        """Start every worker and wait until all serve.  A worker that dies while starting is
+        started again (as later on); RuntimeError when one keeps dying (three times in a row
+        within seconds of its start: a bug or a lack of memory, not bad luck) or when not all
+        serve within BUILD_TIMEOUT."""
         self.latest = publication
-        ready = [self._spawn(index) for index in range(self.count)]
-        waits = [self._wait(slot, "serving", BUILD_TIMEOUT) for slot in ready]
-        results = await asyncio.gather(*waits, return_exceptions=True)
-        failed = [slot.index for slot, result in zip(ready, results) if result is not True]
-        if failed:
-            raise RuntimeError(f"worker(s) {', '.join(map(str, failed))} did not start; see the log above")
+        for index in range(self.count):
+            self._spawn(index)
+        deadline = time.monotonic() + BUILD_TIMEOUT
+        while True:
+            serving = [slot for slot in self.slots.values() if slot.state == "serving"]
+            if len(serving) == self.count:
+                return
+            failing = [index for index, count in self._failures.items() if count >= 3]
+            if failing:
+                raise RuntimeError(f"worker(s) {', '.join(map(str, failing))} died three times while starting; "
+                                   "see the log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every worker was ready within {BUILD_TIMEOUT:.0f} s; see the log above")
+            await asyncio.sleep(0.05)
 
     def _spawn(self, index: int) -> _Slot:
         parent, child = self._context.Pipe(duplex=True)
@@ -99,9 +110,20 @@ class WorkerPool:
         loop.add_reader(parent.fileno(), self._on_message, slot)
         loop.add_reader(process.sentinel, self._on_exit, slot)
         assert self.latest is not None
-        loop.create_task(slot.send(("prepare", self.latest)))
+        self._send_soon(slot, ("prepare", self.latest))
         log.info("worker %d started (pid %d)", index, process.pid)
         return slot
+
+    @staticmethod
+    def _send_soon(slot: _Slot, message: tuple) -> None:
+        """Send without waiting; a worker gone meanwhile is the exit handler's business."""
+        async def send() -> None:
+            try:
+                await slot.send(message)
+            except Exception:  # noqa: BLE001 - the pipe closed under it: the worker is gone
+                if slot.state != "gone" and slot.process.is_alive():
+                    log.exception("worker %d: cannot send to it", slot.index)
+        asyncio.get_running_loop().create_task(send())
 
     async def _wait(self, slot: _Slot, what: str, timeout: float):
         future = asyncio.get_running_loop().create_future()
@@ -158,7 +180,7 @@ class WorkerPool:
             slot.generation = message[1]
             assert self.latest is not None
             if message[1] < self.latest.generation:  # a publication came while it was starting
-                loop.create_task(slot.send(("prepare", self.latest)))
+                self._send_soon(slot, ("prepare", self.latest))
             else:
                 loop.create_task(self._hand_sockets(slot))
         elif kind == "prepared":
