@@ -17,7 +17,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import socket
 import sys
 
 VLEN = 64  # datagrams per system call
@@ -133,15 +132,6 @@ class BatchSocket:
             start = i * SLOT
             out.append(view[start : start + words[i * 16 + 14]].tobytes())
         return out
-
-    def peer(self, i: int) -> str:
-        """The source address (text) of datagram i of the last receive(); for the rare
-        packets whose sender matters (NOTIFY)."""
-        raw = bytes(self._names[i * _SOCKADDR_SIZE : (i + 1) * _SOCKADDR_SIZE])
-        family = int.from_bytes(raw[0:2], sys.byteorder)
-        if family == socket.AF_INET6:
-            return socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        return socket.inet_ntop(socket.AF_INET, raw[4:8])
 
     def peers(self) -> bytes:
         """The sockaddrs the last receive() wrote, ``SOCKADDR_SIZE`` octets per datagram: the

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from imrs.answer.compiled import CompiledAnswers
-from imrs.answer.fastc import answer as fast_answer
 from imrs.answer.cookies import CookieJar
 from imrs.answer.engine import ZoneSet
+from imrs.answer.fastc import answer as fast_answer
 from imrs.answer.query import read_name
 from imrs.answer.respond import AnswerOptions, Responder
 from imrs.zone.data import ZoneData

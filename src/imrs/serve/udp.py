@@ -69,60 +69,10 @@ class UdpListener:
     def counters(self) -> dict[str, int]:
         return {"rrl_exempt_cookie": self.rrl_exempt_cookie} if self.rrl is not None else {}
 
-    def _drain(self) -> None:
-        """The portable path: one recvfrom and one sendto per datagram."""
-        recvfrom = self.sock.recvfrom
-        sendto = self.sock.sendto
-        family = self.sock.family
-        received = sent = 0
-        try:
-            for _ in range(BATCH):
-                try:
-                    wire, addr = recvfrom(RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue  # e.g. ICMP port unreachable reported on the socket
-                received += 1
-                response = self._respond(wire, socket.inet_pton(family, addr[0].split("%")[0]), addr[0])
-                if response is not None:
-                    try:
-                        sendto(response, addr)
-                        sent += 1
-                    except OSError:
-                        self.stats.send_errors += 1
-        finally:
-            self.stats.udp_received += received
-            self.stats.udp_sent += sent
-
-    def _respond(self, wire: bytes, peer: bytes, peer_text: str | None = None) -> bytes | None:
-        """The response to send for one datagram (None: nothing), rate limiting applied."""
-        try:
-            response = None
-            if self.notify is not None and NotifyReceiver.is_notify(wire):
-                response = self.notify.handle(wire, peer_text or _peer_text(peer))
-            if response is None:
-                response = self.holder.current.answer(wire, False, self.ipv6, peer)
-            if response is not None and self.rrl is not None:
-                verdict = self.rrl.decide(peer, wire, response)
-                if verdict != SEND:
-                    response = self._limited(verdict, wire, peer, response)
-            return response
-        except Exception:  # noqa: BLE001 - a bug must not stop the server: count it, log it, go on
-            self._internal_error()
-            return None
-
-    def _limited(self, verdict: int, wire: bytes, peer: bytes, response: bytes) -> bytes | None:
-        """A response RRL limits: sent anyway for a query with a valid server cookie (the
-        source is proven, not spoofed), else truncated (slip) or dropped."""
-        if self.cookie_check is not None and self.cookie_check(wire, peer):
-            self.rrl_exempt_cookie += 1
-            return response
-        return slip_response(response) if verdict == SLIP else None
-
-    def _drain_c(self) -> None:
-        """The loop in C (imrs._fastpath.udp_drain: recvmmsg, this handler per datagram,
-        sendmmsg), the answer itself in C where the fast path's C half has it."""
+    def _handler(self) -> Callable[[bytes, bytes], bytes | None]:
+        """``handle(wire, peer)``: the response to send for one datagram (None: nothing), for
+        the snapshot served now, rate limiting applied; it never raises.  One per drain, so the
+        per-packet work finds everything in local variables; every loop below uses it."""
         snapshot = self.holder.current
         ipv6 = self.ipv6
         notify = self.notify
@@ -131,6 +81,7 @@ class UdpListener:
         fast = c_answer if snapshot.compiled is not None and not snapshot.unavailable else None
         compiled = snapshot.compiled
         answer = snapshot.answer
+        limited = self._limited
 
         def handle(wire: bytes, peer: bytes) -> bytes | None:
             try:
@@ -145,28 +96,63 @@ class UdpListener:
                 if response is not None and decide is not None:
                     verdict = decide(peer, wire, response)
                     if verdict != SEND:
-                        response = self._limited(verdict, wire, peer, response)
+                        response = limited(verdict, wire, peer, response)
                 return response
-            except Exception:  # noqa: BLE001 - counted, logged, the next one is served
+            except Exception:  # noqa: BLE001 - a bug must not stop the server: count it, log it, go on
                 self._internal_error()
                 return None
 
-        received, sent, errors = udp_drain(self.sock.fileno(), handle, ipv6, BATCH)
+        return handle
+
+    def _limited(self, verdict: int, wire: bytes, peer: bytes, response: bytes) -> bytes | None:
+        """A response RRL limits: sent anyway for a query with a valid server cookie (the
+        source is proven, not spoofed), else truncated (slip) or dropped."""
+        if self.cookie_check is not None and self.cookie_check(wire, peer):
+            self.rrl_exempt_cookie += 1
+            return response
+        return slip_response(response) if verdict == SLIP else None
+
+    def _drain(self) -> None:
+        """The portable path: one recvfrom and one sendto per datagram."""
+        recvfrom = self.sock.recvfrom
+        sendto = self.sock.sendto
+        family = self.sock.family
+        handle = self._handler()
+        received = sent = 0
+        try:
+            for _ in range(BATCH):
+                try:
+                    wire, addr = recvfrom(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue  # e.g. ICMP port unreachable reported on the socket
+                received += 1
+                response = handle(wire, socket.inet_pton(family, addr[0].split("%")[0]))
+                if response is not None:
+                    try:
+                        sendto(response, addr)
+                        sent += 1
+                    except OSError:
+                        self.stats.send_errors += 1
+        finally:
+            self.stats.udp_received += received
+            self.stats.udp_sent += sent
+
+    def _drain_c(self) -> None:
+        """The loop in C (imrs._fastpath.udp_drain: recvmmsg, the handler per datagram,
+        sendmmsg)."""
+        received, sent, errors = udp_drain(self.sock.fileno(), self._handler(), self.ipv6, BATCH)
         self.stats.udp_received += received
         self.stats.udp_sent += sent
         self.stats.internal_errors += errors
 
     def _drain_batched(self) -> None:
-        """recvmmsg/sendmmsg: up to VLEN datagrams per system call each way.  The per-packet
-        loop is _respond() written out, with everything it needs in local variables."""
+        """recvmmsg/sendmmsg through ctypes: up to VLEN datagrams per system call each way."""
         batch = self._batch
         stats = self.stats
-        ipv6 = self.ipv6
-        offset, size = (8, 16) if ipv6 else (4, 4)
+        offset, size = (8, 16) if self.ipv6 else (4, 4)
         step = batchio.SOCKADDR_SIZE
-        notify = self.notify
-        is_notify = NotifyReceiver.is_notify
-        decide = self.rrl.decide if self.rrl is not None else None
         for _ in range(BATCH // batchio.VLEN):
             try:
                 wires = batch.receive()
@@ -176,27 +162,9 @@ class UdpListener:
                 return
             stats.udp_received += len(wires)
             names = batch.peers()
-            answer = self.holder.current.answer
-            responses = []
-            append = responses.append
-            start = offset
-            for wire in wires:
-                peer = names[start : start + size]
-                start += step
-                try:
-                    response = None
-                    if notify is not None and is_notify(wire):
-                        response = notify.handle(wire, _peer_text(peer))
-                    if response is None:
-                        response = answer(wire, False, ipv6, peer)
-                    if response is not None and decide is not None:
-                        verdict = decide(peer, wire, response)
-                        if verdict != SEND:
-                            response = self._limited(verdict, wire, peer, response)
-                except Exception:  # noqa: BLE001 - counted, logged, the next one is served
-                    self._internal_error()
-                    response = None
-                append(response)
+            handle = self._handler()
+            responses = [handle(wire, names[i * step + offset : i * step + offset + size])
+                         for i, wire in enumerate(wires)]
             stats.udp_sent += batch.reply(responses)
             # Not back to the event loop on a short batch: what came in meanwhile is read with
             # one more system call, cheaper than a turn of the loop (with several workers each

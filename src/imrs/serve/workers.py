@@ -120,7 +120,7 @@ class WorkerPool:
         async def send() -> None:
             try:
                 await slot.send(message)
-            except Exception:  # noqa: BLE001 - the pipe closed under it: the worker is gone
+            except Exception:
                 if slot.state != "gone" and slot.process.is_alive():
                     log.exception("worker %d: cannot send to it", slot.index)
         asyncio.get_running_loop().create_task(send())
