@@ -53,11 +53,6 @@ def answer_options(settings: Settings) -> AnswerOptions:
     )
 
 
-def udp_listener(settings: Settings, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
-                 notify: NotifyReceiver | None, rrl: RateLimiter | None = None, cookie_check=None) -> UdpListener:
-    return UdpListener(sock, holder, stats, notify, rrl, cookie_check)
-
-
 def tcp_listener(settings: Settings, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
                  policy: TransferPolicy, notify: NotifyReceiver | None) -> TcpListener:
     return TcpListener(
@@ -75,11 +70,9 @@ def tcp_listener(settings: Settings, sock: socket.socket, holder: SnapshotHolder
 class DataPlane:
     """The listeners of one worker and the snapshot they answer from."""
 
-    def __init__(self, settings: Settings, builder: SnapshotBuilder, snapshot: Snapshot,
-                 transfer_policy: TransferPolicy, notify: NotifyReceiver | None,
+    def __init__(self, settings: Settings, snapshot: Snapshot, transfer_policy: TransferPolicy, notify: NotifyReceiver | None,
                  cookie_check: Callable[[bytes, bytes], bool] | None = None):
         self.settings = settings
-        self.builder = builder
         self.holder = SnapshotHolder(snapshot)
         self.stats = ServeStats()
         self.transfer_policy = transfer_policy
@@ -94,8 +87,7 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         for sock in sockets:
             if sock.type == socket.SOCK_DGRAM:
-                listener = udp_listener(self.settings, sock, self.holder, self.stats, self.notify, self.rrl,
-                                        self.cookie_check)
+                listener = UdpListener(sock, self.holder, self.stats, self.notify, self.rrl, self.cookie_check)
                 listener.start(loop)
                 self.udp.append(listener)
             else:
@@ -160,7 +152,7 @@ async def _serve(conn: Connection, settings: Settings, notify_networks: Mapping[
         def forward(origin: bytes):
             return lambda serial: conn.send(("notify", origin, serial))
         notify = NotifyReceiver({origin: (nets, forward(origin)) for origin, nets in notify_networks.items()})
-    plane = DataPlane(settings, builder, snapshot, transfer_policy, notify,
+    plane = DataPlane(settings, snapshot, transfer_policy, notify,
                       cookies.valid_server_cookie if cookies is not None else None)
     sockets = [socket.socket(fileno=recv_handle(conn)) for _ in range(count)]
     for sock in sockets:
