@@ -191,6 +191,10 @@ class TcpListener:
         global _fd_demand
         if self.server is not None:
             self.server.close()
+        # A connection accepted just now has a task that has not run yet: let it start (and
+        # register) so it is cancelled inside _accept, which expects it, rather than before its
+        # first line, which asyncio's stream callback reports as an unhandled error.
+        await asyncio.sleep(0)
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
