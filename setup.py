@@ -1,9 +1,13 @@
-"""The optional C fast path (imrs._fastpath); everything else is in pyproject.toml.
+"""The optional C hot path (imrs._fastpath, sources in csrc/fastpath/); everything else is
+in pyproject.toml.
 
 ``optional=True``: without a C compiler and Python headers the install still succeeds and
-the pure-Python answer path is used (imrs.answer.fastc.AVAILABLE is then False).
+the pure-Python paths are used (imrs.answer.fastc.AVAILABLE is then False).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("imrs._fastpath", ["src/imrs/_fastpath.c"], optional=True)])
+SOURCES = ["csrc/fastpath/module.c", "csrc/fastpath/answer.c", "csrc/fastpath/rrl.c", "csrc/fastpath/udp.c"]
+
+setup(ext_modules=[Extension("imrs._fastpath", SOURCES, include_dirs=["csrc/fastpath"],
+                             depends=["csrc/fastpath/fastpath.h"], optional=True)])

@@ -284,12 +284,14 @@ def _ask_all(host: str, port: int, wires: list[bytes], burst: int = 40) -> dict[
 
 def test_server_answers_the_same_with_and_without_batchio(tmp_path_factory):
     """The C loop (imrs._fastpath.udp_drain, the default where it is built), the batched
-    Python loop and the plain one send the same bytes."""
+    Python loop and the plain one send the same bytes.  RRL is on, at a rate this traffic
+    never reaches, so that the C loop answers through the C answer and the C RRL gate (and the
+    Python loops through the Python decider)."""
     d = tmp_path_factory.mktemp("batch")
     zone = d / "root.zone"
     zone.write_text(root_subset({"com", "net", "org", "de", "arpa", "xn--p1ai"}))
     hosts = ("127.0.0.1", "::1") if _ipv6_ok() else ("127.0.0.1",)
-    one = ["--zone", str(zone), "--workers", "1", "--log-level", "debug"]
+    one = ["--zone", str(zone), "--workers", "1", "--log-level", "debug", "--rrl-rate", "100000"]
     c_loop = ServerProc(d, one, hosts=hosts, name="c-loop")
     batched = ServerProc(d, one, hosts=hosts, env={"IMRS_NO_FASTC": "1"}, name="batched")
     plain = ServerProc(d, one, hosts=hosts, env={"IMRS_NO_BATCHIO": "1", "IMRS_NO_FASTC": "1"}, name="plain")
@@ -320,3 +322,5 @@ def test_server_answers_the_same_with_and_without_batchio(tmp_path_factory):
     for s in servers:
         stats = s.stats()
         assert stats.get("udp_received", 0) >= len(wires) * len(hosts), stats
+        # every response went through the rate limiter, none was limited
+        assert stats["rrl_responses"] >= 250 * len(hosts) and stats["rrl_limited"] == 0, stats

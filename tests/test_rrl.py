@@ -3,9 +3,10 @@ and the truncated (slipped) response.  Time comes from a fake clock: nothing her
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
+import os
+import random
 import sys
 import tracemalloc
 from collections import Counter
@@ -19,6 +20,7 @@ import dns.rrset
 import dns.tsig
 import pytest
 
+from imrs.answer import fastc
 from imrs.config import RrlConfig
 from imrs.serve import rrl
 from imrs.serve.rrl import DROP, SEND, SLIP, RateLimiter, classify, slip_response
@@ -39,21 +41,31 @@ def ip(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
-@pytest.fixture(autouse=True)
-def deterministic_table(monkeypatch):
-    """Bucket slots from a hash that does not change from run to run (Python's is keyed per
-    process): a test that found a bucket collision would find it every time, not 1 in 200."""
-    def key(fields: tuple) -> int:
-        return int.from_bytes(hashlib.blake2b(repr(fields).encode(), digest_size=8).digest(), "big", signed=True)
-    monkeypatch.setattr(rrl, "_bucket_key", key)
+NATIVE = fastc.enabled() and hasattr(fastc._fastpath, "RrlGate")
+IMPLEMENTATIONS = ["python", "c"] if NATIVE else ["python"]
+_native = False  # the implementation the running test's limiters use (set by the fixture below)
+
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS)
+def implementation(request, monkeypatch):
+    """Every test on both deciders: the Python closure and the C gate (when built)."""
+    monkeypatch.setattr(sys.modules[__name__], "_native", request.param == "c")
+    return request.param
+
+
+def test_the_c_gate_is_built_where_ci_runs():
+    if os.environ.get("CI") == "true":
+        assert NATIVE, "CI builds the C extension: the C gate must be tested there"
 
 
 def limiter(clock: FakeClock | None = None, **settings) -> tuple[RateLimiter, FakeClock]:
     clock = clock or FakeClock()
     settings.setdefault("rate", 20)
     settings.setdefault("table_size", 4096)
-    rl = RateLimiter(RrlConfig(**settings), clock=clock)
-    rl._salt = 0  # (with deterministic_table: the same slots in every run)
+    # a fixed bucket secret: the same slots in every run (a test that found a bucket collision
+    # finds it every time, not 1 in 200)
+    rl = RateLimiter(RrlConfig(**settings), clock=clock, native=_native, secret=bytes(range(16)))
+    assert (rl.gate is not None) == (_native and RrlConfig(**settings).rate > 0)
     return rl, clock
 
 
@@ -603,3 +615,68 @@ def test_stats_as_dict():
     assert set(stats) >= {"responses", "limited", "dropped", "slipped", "exempt", "log_only_would_limit"}
     assert all(type(v) is int for v in stats.values())
     assert stats["responses"] == 20 and stats["limited"] == stats["dropped"] + stats["slipped"] > 0
+
+
+# -- the C gate decides as the Python closure does -------------------------------------------
+
+@pytest.mark.skipif(not NATIVE, reason="the C extension is not built")
+@pytest.mark.parametrize(("seed", "slip", "log_only"), [(0, 2, False), (1, 2, False), (2, 0, False), (3, 1, False),
+                                                       (4, 3, True), (5, 2, False)])
+def test_c_gate_makes_the_python_decisions(seed, slip, log_only, implementation, caplog):
+    """The same random traffic (IPv4, IPv6, IPv4-mapped and exempt sources, every category,
+    malformed responses, bursts over the rate, the clock stepping forward, standing still and
+    going back) through both deciders: the same verdicts, counters, tables and log lines."""
+    if implementation != "python":
+        pytest.skip("compares both implementations once")
+    caplog.set_level(logging.INFO, logger="imrs.rrl")
+    rnd = random.Random(seed)
+    settings = {"rate": 4, "slip": slip, "log_only": log_only, "table_size": 64, "ipv6_prefix": 48,
+                "exempt": ("198.51.100.0/24", "2001:db8:ffff::/48", "::ffff:203.0.113.0/120")}
+    sources = ([ip(f"10.0.{n}.{rnd.randrange(256)}") for n in range(40)]
+               + [ip(f"2001:db8:{n:x}::{rnd.randrange(1, 9)}") for n in range(40)]
+               + [ip(f"::ffff:10.1.{n}.1") for n in range(10)]
+               + [ip("198.51.100.7"), ip("2001:db8:ffff::1"), ip("::ffff:203.0.113.9"), ip("203.0.113.9")])
+    responses = [referral("www.example.com.", "com."), referral("a.org.", "org."), nxdomain("nope."),
+                 nodata(), positive(), positive("www.example.com.", "AAAA", "2001:db8::1"), error(),
+                 dnskey_answer(), nxdomain("x.example.", "example.", soa_last=False), error("a.b.", dns.rcode.SERVFAIL),
+                 # letter case (0x20): the same buckets as in lower case
+                 referral("WWW.Example.COM.", "COM."), nxdomain("x.ExAmple.", "ExAmple."),
+                 positive("Www.Example.Com.", "AAAA", "2001:db8::1"), nodata("Example.Org.", "MX", "Org.")]
+    # malformed: cut short anywhere, or with bytes changed (labels, pointers, counts)
+    for base in list(responses):
+        responses.append(base[: rnd.randrange(0, len(base))])
+        mutated = bytearray(base)
+        for _ in range(3):
+            mutated[rnd.randrange(2, len(mutated))] = rnd.choice([0x00, 0x02, 0x06, 0x3F, 0x41, 0xC0, 0xC1, 0xFF])
+        responses.append(bytes(mutated))
+    assert len({rrl.classify(r)[0] for r in responses}) == 6  # every category
+    deciders = []
+    for native in (False, True):
+        clock = FakeClock(1000.0)
+        rl = RateLimiter(RrlConfig(**settings), clock=clock, native=native, secret=bytes(range(16)))
+        deciders.append((rl, clock))
+    verdicts: list[list[int]] = [[], []]
+    logged: list[list[str]] = [[], []]
+    t = 1000.0
+    for _ in range(6000):
+        r = rnd.random()
+        t += 0.0 if r < 0.997 else rnd.choice([0.3, 1.0, 2.5, 20.0, -3.0])
+        # a few heavy hitters (IPv4, IPv6, mapped) and many light ones
+        peer = rnd.choice(sources[:1] + sources[40:41] + sources[80:81]) if rnd.random() < 0.8 else rnd.choice(sources)
+        response = rnd.choice(responses)
+        for k, (rl, clock) in enumerate(deciders):
+            clock.t = t
+            caplog.clear()
+            verdicts[k].append(rl.decide(peer, b"", response))
+            logged[k] += [r.getMessage() for r in caplog.records if r.name == "imrs.rrl"]
+    (py, _), (c, _) = deciders
+    assert verdicts[0] == verdicts[1]
+    assert logged[0] == logged[1] and any("rrl: block" in line for line in logged[0])
+    if log_only:
+        assert py.stats.log_only_would_limit > 0
+    else:
+        assert Counter(verdicts[0])[SEND] < len(verdicts[0])  # the run did limit
+    assert py.stats.as_dict() == c.stats.as_dict()
+    assert py.stats.exempt > 0 and py.stats.classified > 0
+    for column in ("_gword", "_gused", "_ghalf", "_bkey", "_bcount", "_bhalf", "_blimited"):
+        assert getattr(py, column) == getattr(c, column), column

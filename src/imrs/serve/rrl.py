@@ -40,8 +40,9 @@ NSD, every response counts, limited or not: a source that keeps flooding at twic
 more is blocked entirely but for the slips, and sends nothing big back to a spoofed victim.
 
 Table.  The buckets live in preallocated ``array`` columns of ``table_size`` slots.  A bucket's
-key is a 64-bit hash (salted per process) of what identifies it; a different key landing in a
-used slot takes it over, as in NSD, so memory never grows with the number of sources.  With
+key is SipHash-2-4, under a secret drawn per process, of what identifies it (so that sources
+cannot aim at one another's slots); a different key landing in a used slot takes it over, as
+in NSD, so memory never grows with the number of sources.  With
 the gate below, 56 octets a slot: 11.2 MB for the default 200,000.
 
 Gate.  Most sources send far less than the rate, and classifying a response (parsing its
@@ -70,8 +71,11 @@ for up to `TRACKED` limited buckets; or its slot taken by another bucket).  At m
 decisions are made, counted (``stats.log_only_would_limit``) and logged, but every response is
 sent; the accounting is that of the enforcing mode, so the counts say what it would have done.
 
-The hot path is a closure over the tables (see `RateLimiter._decide`), written for CPython
-3.11: no attribute lookups, integer ``+ - * %`` and comparisons only, unsigned array columns.
+The hot path is the gate: in C (``imrs._fastpath.RrlGate``, over these same array columns,
+called by the C UDP loop without entering Python) when the extension is built, else a closure
+over the tables (see `RateLimiter._decide`), written for CPython 3.11: no attribute lookups,
+integer ``+ - * %`` and comparisons only, unsigned array columns.  Both make the same
+decisions (tests/test_rrl.py runs on both); what is over the gate is Python (`_account`).
 """
 
 from __future__ import annotations
@@ -79,11 +83,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-import random
+import os
 import time
 from array import array
 from collections.abc import Callable
 
+from siphash24 import siphash24
+
+from imrs.answer import fastc
 from imrs.config import RrlConfig
 
 log = logging.getLogger("imrs.rrl")
@@ -109,18 +116,14 @@ TRACKED = 1024
 
 _TYPE_NS, _TYPE_SOA, _TYPE_OPT = 2, 6, 41
 _NO_QTYPE = -1
-_EMPTY = -(1 << 63)  # the key of an unused bucket slot (hash() does not give it in practice)
-#: A bucket's key from (prefix, category, name, qtype): Python's hash, whose SipHash of the
-#: name is keyed per process, so that sources cannot aim at one another's slots.  (A module
-#: global so that tests can make the table deterministic.)
-_bucket_key = hash
+_EMPTY = 0  # the key of an unused bucket slot (a key is odd)
 
 
 class RrlStats:
-    """Counters of the rate limiter, plain ints."""
+    """Counters of the rate limiter.  Read as attributes (``stats.limited``) or `as_dict`.
 
-    __slots__ = ("_responses", "blocks", "classified", "collisions", "dropped", "exempt", "limited",
-                 "log_only_would_limit", "log_suppressed", "slipped", "unblocks")
+    Each is kept where it is counted: in `own` (Python code) plus, for the hot path's
+    counters, what ``counts()`` reports (the closure's cells, or the C gate's fields)."""
 
     #: responses: seen by decide(), exempt ones included; classified: those that went through
     #: the buckets (their prefix over the gate); limited = dropped + slipped (0 in log-only
@@ -129,24 +132,28 @@ class RrlStats:
     FIELDS = ("responses", "classified", "limited", "dropped", "slipped", "exempt",
               "log_only_would_limit", "blocks", "unblocks", "collisions", "log_suppressed")
 
-    def __init__(self, responses: Callable[[], int] = lambda: 0) -> None:
-        for name in self.FIELDS[1:]:
-            setattr(self, name, 0)
-        self._responses = responses
+    def __init__(self, counts: Callable[[], dict[str, int]] = dict) -> None:
+        self.own = dict.fromkeys(self.FIELDS, 0)
+        self._counts = counts
 
-    @property
-    def responses(self) -> int:
-        # counted in the hot path's closure (a cell is cheaper to bump than an attribute)
-        return self._responses()
+    def __getattr__(self, name: str) -> int:
+        if name in RrlStats.FIELDS:
+            return self.own[name] + self._counts().get(name, 0)
+        raise AttributeError(name)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        counted = self._counts()
+        return {name: self.own[name] + counted.get(name, 0) for name in self.FIELDS}
 
 
 class RateLimiter:
     """The response rate limiter of one serving loop (not thread-safe)."""
 
-    def __init__(self, config: RrlConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: RrlConfig, clock: Callable[[], float] = time.monotonic,
+                 native: bool | None = None, secret: bytes | None = None):
+        """native: decide in C (imrs._fastpath.RrlGate: the same decisions on the same
+        tables); None: when the extension is built and enabled.  secret: the 16-octet key of
+        the bucket hash (default: random)."""
         self.config = config
         self._clock = clock
         self._rate = config.rate
@@ -158,7 +165,11 @@ class RateLimiter:
         self._ex4, self._ex6 = _exempt_tables(config.exempt)
         size = max(1, int(config.table_size))
         self._size = size
-        self._salt = random.getrandbits(30)
+        #: the SipHash-2-4 key of bucket keys, secret so that sources cannot aim at one
+        #: another's slots (tests give a fixed one, to have the same slots in every run)
+        self._secret = os.urandom(16) if secret is None else bytes(secret)
+        if len(self._secret) != 16:
+            raise ValueError("the RRL secret is 16 octets")
         # The gate, per prefix, two-way (a prefix lives in slot j or j ^ 1 of an even-sized
         # table): a word (the prefix's gate key * 2**16 + the step mod 2**16), r/2 + the
         # responses of the step so far, and r/2.  The gate key of an IPv4 prefix is its
@@ -172,7 +183,7 @@ class RateLimiter:
         self._ghalf = array("Q", bytes(8 * gsize))
         # The buckets: key (EMPTY in an unused slot), step, responses sent in the step, r/2,
         # limited responses in the current episode (0: not limited).
-        self._bkey = array("q", [_EMPTY]) * size
+        self._bkey = array("Q", bytes(8 * size))
         self._bstamp = array("q", bytes(8 * size))
         self._bcount = array("I", bytes(4 * size))
         self._bhalf = array("I", bytes(4 * size))
@@ -182,12 +193,27 @@ class RateLimiter:
         self._log_window: int | None = None
         self._log_left = LOG_LINES
         self._suppressed_in_window = 0
-        self._seen: Callable[[], int] = lambda: 0
-        self.stats = RrlStats(lambda: self._seen())
-        if config.rate > 0:
-            self.decide = self._decide()  # type: ignore[method-assign]
-        else:  # off: the caller should not even ask
+        self._counts: Callable[[], dict[str, int]] = dict
+        self.stats = RrlStats(lambda: self._counts())
+        #: the C gate when deciding in C (serve/udp.py hands it to the C loop), else None
+        self.gate = None
+        if native is None:
+            native = fastc.enabled() and hasattr(fastc._fastpath, "RrlGate")
+        if config.rate <= 0:  # off: the caller should not even ask
             self.decide = _always_send  # type: ignore[method-assign]
+        elif native:
+            self.gate = fastc._fastpath.RrlGate(
+                (self._gword, self._gused, self._ghalf),
+                (self._bkey, self._bstamp, self._bcount, self._bhalf, self._blimited),
+                self._rate, self._slip, self._log_only, self._sh4, self._sh6,
+                tuple((plen, net) for plen, nets in self._ex4.items() for net in nets),
+                tuple((plen, net >> 64, net & (2**64 - 1)) for plen, nets in self._ex6.items() for net in nets),
+                self._secret, self._tick, self._blocked, self._unblocked,
+                None if clock is time.monotonic else clock)
+            self.decide = self.gate.decide  # type: ignore[method-assign]
+            self._counts = self.gate.counts
+        else:
+            self.decide = self._decide()  # type: ignore[method-assign]
 
     def decide(self, peer: bytes, query: bytes, response: bytes) -> int:  # replaced in __init__
         """peer: the packed source address (4 octets IPv4, 16 octets IPv6, as in the
@@ -214,21 +240,20 @@ class RateLimiter:
         account = self._account
         gate_key6 = self._gate_key6
         tick = self._tick
-        stats = self.stats
-        n = 0
+        n = exempt = 0
         # the current step and its bounds: most calls compare two floats instead of making
         # an int of the time
         now = step = 0
         lo = hi = 0.0
 
-        def seen() -> int:
-            return n
+        def counts() -> dict[str, int]:
+            return {"responses": n, "exempt": exempt}
 
-        self._seen = seen
+        self._counts = counts
 
         # (CPython 3.11 has fast paths for int + - * and comparisons; & ^ << // cost more)
         def decide(peer: bytes, query: bytes, response: bytes) -> int:
-            nonlocal n, now, step, lo, hi
+            nonlocal n, exempt, now, step, lo, hi
             n += 1
             t = clock()
             if not lo <= t < hi:
@@ -241,7 +266,7 @@ class RateLimiter:
                 if ex4:
                     g = from_bytes(peer)
                     if _exempt(g, ex4, 32):
-                        stats.exempt += 1
+                        exempt += 1
                         return SEND
                     g >>= sh4
                 else:
@@ -249,7 +274,7 @@ class RateLimiter:
             else:
                 g = gate_key6(peer)
                 if g < 0:
-                    stats.exempt += 1
+                    exempt += 1
                     return SEND
             j = g % gsize
             word = g * 65536 + step
@@ -302,28 +327,30 @@ class RateLimiter:
             return -1
         return hash(a >> self._sh6) & 0x3FFFFFFF
 
-    def _prefix_key(self, peer: bytes) -> int:
-        """The prefix in a bucket's key: its number for IPv4 (>= 0), the complement of its
-        number for IPv6 (< 0), so the two never meet."""
+    def _bucket_key(self, peer: bytes, cat: int, name: bytes, qtype: int) -> int:
+        """A bucket's key (odd, never `_EMPTY`): SipHash-2-4 under the secret of the prefix
+        (family octet and masked address; an IPv4-mapped address is IPv4), the category, the
+        qtype (+1; 0: none) and the name, as imrs._fastpath.RrlGate computes it."""
         a = int.from_bytes(peer)
-        if len(peer) == 4:
-            return a >> self._sh4
-        if len(peer) == 16 and a >> 32 == 0xFFFF:
-            return (a & 0xFFFFFFFF) >> self._sh4
-        return ~(a >> self._sh6)
+        if len(peer) == 4 or (len(peer) == 16 and a >> 32 == 0xFFFF):
+            prefix = b"\x04" + ((a & 0xFFFFFFFF) >> self._sh4 << self._sh4).to_bytes(4)
+        else:
+            prefix = b"\x06" + (a >> self._sh6 << self._sh6).to_bytes(16)
+        data = prefix + bytes((cat,)) + (qtype + 1).to_bytes(3) + name
+        return int.from_bytes(siphash24(data, key=self._secret).digest(), "little") | 1
 
     def _account(self, g: int, peer: bytes, now: int, response: bytes) -> int:
         """The decision for a response of a prefix over the gate (`g`: its gate key): by the
-        response's bucket."""
-        stats = self.stats
-        stats.classified += 1
+        response's bucket.  (imrs._fastpath.RrlGate does the same in C.)"""
+        own = self.stats.own
+        own["classified"] += 1
         cat, name, qtype = classify(response)
-        key = _bucket_key((g if len(peer) == 4 else self._prefix_key(peer), cat, name, qtype))
-        i = (key ^ self._salt) % self._size
+        key = self._bucket_key(peer, cat, name, qtype)
+        i = key % self._size
         bkey, bstamp, bcount, bhalf, blimited = self._bkey, self._bstamp, self._bcount, self._bhalf, self._blimited
         if bkey[i] != key:  # a new bucket, here or in the place of another one
             if bkey[i] != _EMPTY:
-                stats.collisions += 1
+                own["collisions"] += 1
                 # (if that one was limited, _tick reports its end)
             bkey[i] = key
             bstamp[i] = now
@@ -341,7 +368,7 @@ class RateLimiter:
             bstamp[i] = now
             c = 0
             if blimited[i] and h < self._rate:  # NSD: "unblock" when the rate is back under
-                self._unblock(now, i, key, self._describe(cat, name, peer, response))
+                self._unblocked(now, i, key, peer, response)
         if c + h < self._limit:
             bcount[i] = c + 1
             return SEND
@@ -351,23 +378,31 @@ class RateLimiter:
         n = blimited[i] + 1
         blimited[i] = n
         if n == 1:
-            stats.blocks += 1
-            description = self._describe(cat, name, peer, response)
-            if len(self._tracked) < TRACKED:
-                self._tracked.append((i, key, description))
-            self._log(now, "rrl: block %s%s", description, " (log-only)" if self._log_only else "")
+            self._blocked(now, i, key, peer, response)
         if self._log_only:
-            stats.log_only_would_limit += 1
+            own["log_only_would_limit"] += 1
             return SEND
-        stats.limited += 1
+        own["limited"] += 1
         if self._slip and n % self._slip == 0:
-            stats.slipped += 1
+            own["slipped"] += 1
             return SLIP
-        stats.dropped += 1
+        own["dropped"] += 1
         return DROP
 
+    def _blocked(self, now: int, i: int, key: int, peer: bytes, response: bytes) -> None:
+        """A bucket starts being limited: count, watch and log it (rare: once an episode)."""
+        self.stats.own["blocks"] += 1
+        description = self._describe(peer, response)
+        if len(self._tracked) < TRACKED:
+            self._tracked.append((i, key, description))
+        self._log(now, "rrl: block %s%s", description, " (log-only)" if self._log_only else "")
+
+    def _unblocked(self, now: int, i: int, key: int, peer: bytes, response: bytes) -> None:
+        """A limited bucket's rate is back under the limit, seen at its next response."""
+        self._unblock(now, i, key, self._describe(peer, response))
+
     def _unblock(self, now: int, i: int, key: int, description: str, why: str = "") -> None:
-        self.stats.unblocks += 1
+        self.stats.own["unblocks"] += 1
         count = self._blimited[i] if self._bkey[i] == key else 0
         if self._bkey[i] == key:
             self._blimited[i] = 0
@@ -392,7 +427,8 @@ class RateLimiter:
             self._tracked = keep
         self._log_roll(now)
 
-    def _describe(self, cat: int, name: bytes, peer: bytes, response: bytes) -> str:
+    def _describe(self, peer: bytes, response: bytes) -> str:
+        cat, name, _ = classify(response)
         qtype = _qtype_of(response)
         return (f"{CATEGORY_NAMES.get(cat, '?')} {_name_text(name) if cat != ERROR else '-'}"
                 f" for {self._prefix_text(peer)} (from {_address_text(peer)}"
@@ -404,7 +440,7 @@ class RateLimiter:
             self._log_left -= 1
             log.info(fmt, *args)
         else:
-            self.stats.log_suppressed += 1
+            self.stats.own["log_suppressed"] += 1
             self._suppressed_in_window += 1
 
     def _log_roll(self, now: int) -> None:
@@ -532,7 +568,7 @@ def _skip_name(r: bytes, o: int) -> int:
 def _read_name(r: bytes, o: int) -> bytes:
     """The name at `o`, uncompressed, in lower case."""
     parts = []
-    hops = 0
+    hops = length = 0
     n = r[o]
     while n:
         if n >= 0xC0:
@@ -541,6 +577,9 @@ def _read_name(r: bytes, o: int) -> bytes:
                 raise IndexError("compression loop")
             o = ((n & 0x3F) << 8) | r[o + 1]
         else:
+            length += n + 1
+            if length > 254:
+                raise IndexError("name too long")
             parts.append(r[o:o + n + 1])
             o += n + 1
         n = r[o]

@@ -46,9 +46,12 @@ class Snapshot:
     #: Zones configured but not served now (expired), by origin, with their on-expiry action.
     unavailable: Mapping[bytes, str] = field(default_factory=dict)
 
-    def answer(self, wire: bytes, tcp: bool, ipv6: bool, peer: bytes | None = None) -> bytes | None:
+    def answer(self, wire: bytes, tcp: bool, ipv6: bool, peer: bytes | None = None,
+               c_tried: bool = False) -> bytes | None:
         """The response bytes, or None to send nothing: fast path first, reference after.
-        ``peer`` is the client's address, packed (4 or 16 octets), for DNS Cookies."""
+        ``peer`` is the client's address, packed (4 or 16 octets), for DNS Cookies.
+        ``c_tried``: the caller ran the C answer already and it declined (the C UDP loop):
+        the Python fast path takes over at once."""
         if self.unavailable:
             action = self._unavailable_action(wire)
             if action == _DROP:
@@ -57,7 +60,10 @@ class Snapshot:
                 return _servfail(wire)
         if self.compiled is not None:
             try:
-                out = fast_answer(self.compiled, wire, tcp, ipv6, peer)  # C when built, else Python
+                if c_tried:
+                    out = self.compiled.answer(wire, tcp, ipv6, peer)
+                else:
+                    out = fast_answer(self.compiled, wire, tcp, ipv6, peer)  # C when built, else Python
             except Exception:  # noqa: BLE001 - a fast-path bug must cost speed, not answers
                 _log_fast_path_failure(wire)
                 out = None

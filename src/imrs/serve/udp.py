@@ -18,7 +18,7 @@ from imrs.answer import fastc
 from imrs.serve import batchio
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.rrl import SEND, SLIP, RateLimiter, slip_response
-from imrs.serve.snapshot import SnapshotHolder
+from imrs.serve.snapshot import Snapshot, SnapshotHolder
 
 log = logging.getLogger("imrs.udp")
 
@@ -69,18 +69,22 @@ class UdpListener:
     def counters(self) -> dict[str, int]:
         return {"rrl_exempt_cookie": self.rrl_exempt_cookie} if self.rrl is not None else {}
 
-    def _handler(self) -> Callable[[bytes, bytes], bytes | None]:
-        """``handle(wire, peer)``: the response to send for one datagram (None: nothing), for
-        the snapshot served now, rate limiting applied; it never raises.  One per drain, so the
-        per-packet work finds everything in local variables; every loop below uses it."""
-        snapshot = self.holder.current
+    def _handler(self, snapshot: Snapshot, c_tried: bool = False) -> Callable[[bytes, bytes], bytes | None]:
+        """``handle(wire, peer)``: the response to send for one datagram (None: nothing), from
+        `snapshot`, rate limiting applied; it never raises.  One per drain, so the per-packet
+        work finds everything in local variables; every loop below uses it.  ``c_tried``: the
+        caller (the C loop) ran the C answer first, and comes here only when it declined."""
         ipv6 = self.ipv6
         notify = self.notify
         is_notify = NotifyReceiver.is_notify
         decide = self.rrl.decide if self.rrl is not None else None
-        fast = c_answer if snapshot.compiled is not None and not snapshot.unavailable else None
+        fast = c_answer if snapshot.compiled is not None and not snapshot.unavailable and not c_tried else None
         compiled = snapshot.compiled
-        answer = snapshot.answer
+        if c_tried:
+            def answer(wire: bytes, tcp: bool, ipv6: bool, peer: bytes) -> bytes | None:
+                return snapshot.answer(wire, tcp, ipv6, peer, c_tried=True)
+        else:
+            answer = snapshot.answer
         limited = self._limited
 
         def handle(wire: bytes, peer: bytes) -> bytes | None:
@@ -117,7 +121,7 @@ class UdpListener:
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
         family = self.sock.family
-        handle = self._handler()
+        handle = self._handler(self.holder.current)
         received = sent = 0
         try:
             for _ in range(BATCH):
@@ -140,9 +144,17 @@ class UdpListener:
             self.stats.udp_sent += sent
 
     def _drain_c(self) -> None:
-        """The loop in C (imrs._fastpath.udp_drain: recvmmsg, the handler per datagram,
-        sendmmsg)."""
-        received, sent, errors = udp_drain(self.sock.fileno(), self._handler(), self.ipv6, BATCH)
+        """The loop in C (imrs._fastpath.udp_drain: recvmmsg; per datagram the C answer and the
+        C rate-limit gate, or the handler for what they leave to Python; sendmmsg)."""
+        snapshot = self.holder.current
+        compiled = snapshot.compiled if not snapshot.unavailable else None
+        gate = self.rrl.gate if self.rrl is not None else None
+        if compiled is None or (self.rrl is not None and gate is None):
+            # no C answer for this snapshot, or a Python decider: all through the handler
+            received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot), self.ipv6, BATCH)
+        else:
+            received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot, c_tried=True),
+                                               self.ipv6, BATCH, compiled, gate, self._limited)
         self.stats.udp_received += received
         self.stats.udp_sent += sent
         self.stats.internal_errors += errors
@@ -162,7 +174,7 @@ class UdpListener:
                 return
             stats.udp_received += len(wires)
             names = batch.peers()
-            handle = self._handler()
+            handle = self._handler(self.holder.current)
             responses = [handle(wire, names[i * step + offset : i * step + offset + size])
                          for i, wire in enumerate(wires)]
             stats.udp_sent += batch.reply(responses)

@@ -1,0 +1,40 @@
+/* imrs._fastpath, the data plane's hot path in C, in three parts with one job each:
+ *   answer.c  the C answer (CompiledAnswers.answer's common case, same bytes);
+ *   rrl.c     RrlGate (RateLimiter.decide: the same decisions on the same tables);
+ *   udp.c     udp_drain, the receive-answer-send loop, and the RRL slip of a C answer;
+ *   module.c  the module.
+ * Each is optional for imrs: without a compiler the pure-Python paths do the same work
+ * (src/imrs/answer/fastc.py, src/imrs/serve/rrl.py, src/imrs/serve/udp.py).
+ */
+#ifndef IMRS_FASTPATH_H
+#define IMRS_FASTPATH_H
+
+#define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* answer.c */
+int answer_init(void);
+/* The response to the query wire[:n] (a new reference), Py_None (a new reference) when the
+ * Python path must decide, NULL with an exception on a real error (memory). */
+PyObject *answer_wire(PyObject *compiled, const unsigned char *wire, Py_ssize_t n, int tcp, int ipv6);
+PyObject *fast_answer(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* rrl.c */
+#define RRL_SEND 0
+#define RRL_DROP 1
+#define RRL_SLIP 2
+typedef struct RrlGate RrlGate;
+extern PyTypeObject RrlGateType;
+/* The verdict for `response` to `peer` (4 or 16 octets); -1 with an exception set. */
+int gate_decide(RrlGate *g, const unsigned char *peer, Py_ssize_t alen, PyObject *peer_obj, PyObject *response);
+
+/* udp.c */
+PyObject *udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+#endif

@@ -1,0 +1,219 @@
+/* The UDP loop: recvmmsg, the C answer and rate limiter (or a Python handler), sendmmsg. */
+#include "fastpath.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+/* rrl.py slip_response for a response of the C answer: TC set, the question kept, no answer
+ * or authority records, and the OPT record, which is the last 11 octets when the query had
+ * one (has_opt: the query's ARCOUNT, 0 or 1, as the C answer accepts).  NULL (no exception)
+ * for anything else, which the Python function then handles. */
+static PyObject *
+slip_wire(PyObject *response, int has_opt)
+{
+    const unsigned char *r = (const unsigned char *)PyBytes_AS_STRING(response);
+    Py_ssize_t len = PyBytes_GET_SIZE(response);
+    if (len < 12 || r[4] != 0 || r[5] != 1 || has_opt > 1)
+        return NULL;
+    Py_ssize_t o = 12;
+    while (o < len && r[o] != 0) {
+        if (r[o] >= 0x40)
+            return NULL;
+        o += r[o] + 1;
+    }
+    Py_ssize_t question_end = o + 5;
+    Py_ssize_t opt = has_opt ? 11 : 0;
+    if (question_end + opt > len || (has_opt && (r[len - 11] != 0 || r[len - 10] != 0 || r[len - 9] != 41 ||
+                                                 r[len - 2] != 0 || r[len - 1] != 0)))
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, question_end + opt);
+    if (out == NULL)
+        return NULL;
+    unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(w, r, question_end);
+    w[2] |= 0x02; /* TC */
+    memset(w + 6, 0, 6);
+    w[11] = (unsigned char)has_opt;
+    if (has_opt)
+        memcpy(w + question_end, r + len - 11, 11);
+    return out;
+}
+
+PyObject *
+slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "slip(response: bytes, has_opt: int)");
+        return NULL;
+    }
+    long has_opt = PyLong_AsLong(args[1]);
+    if (has_opt == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *out = slip_wire(args[0], (int)has_opt);
+    if (out == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None)
+ *     -> (received, sent, errors)
+ *
+ * The UDP receive-answer-send loop of serve/udp.py in C: recvmmsg up to VLEN datagrams at a
+ * time, until the socket is empty or max_packets were read; the responses go back with
+ * sendmmsg to the address each query came from.  Per datagram:
+ *   - with `compiled` (a CompiledAnswers), the C answer first; when it gives one and `gate` (an
+ *     RrlGate) is set, the gate decides, and only a response it limits goes to Python:
+ *     limited(verdict, wire, peer, response) gives what to send instead (bytes or None).  A
+ *     query answered under the rate never enters Python;
+ *   - otherwise handler(wire: bytes, peer: bytes) gives the response bytes or None (peer: the
+ *     packed source address, 4 or 16 octets); it must not try the C answer again.
+ * The callbacks are expected to catch their own errors; one that escapes anyway (or an error
+ * in the gate) is cleared, counted in ``errors``, and that datagram gets no answer.  A
+ * datagram cut short (MSG_TRUNC) is dropped.  Buffers are allocated once (the GIL serialises
+ * every call).
+ */
+#define VLEN 64
+#define SLOT 65536
+
+static char *recv_buffer;
+static struct sockaddr_in6 names[VLEN];
+static struct iovec recv_iov[VLEN], send_iov[VLEN];
+static struct mmsghdr recv_msgs[VLEN], send_msgs[VLEN];
+
+PyObject *
+udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 4 || nargs > 7) {
+        PyErr_SetString(PyExc_TypeError, "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None)");
+        return NULL;
+    }
+    int fd = (int)PyLong_AsLong(args[0]);
+    PyObject *handler = args[1];
+    int ipv6 = PyObject_IsTrue(args[2]);
+    long max_packets = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *compiled = nargs > 4 && args[4] != Py_None ? args[4] : NULL;
+    RrlGate *gate = NULL;
+    PyObject *limited = nargs > 6 && args[6] != Py_None ? args[6] : NULL;
+    if (nargs > 5 && args[5] != Py_None) {
+        if (!PyObject_TypeCheck(args[5], &RrlGateType) || limited == NULL) {
+            PyErr_SetString(PyExc_TypeError, "udp_drain: gate must be an RrlGate, with limited");
+            return NULL;
+        }
+        gate = (RrlGate *)args[5];
+    }
+    if (recv_buffer == NULL) {
+        recv_buffer = PyMem_RawMalloc((size_t)VLEN * SLOT);
+        if (recv_buffer == NULL)
+            return PyErr_NoMemory();
+    }
+    long received = 0, sent = 0, errors = 0;
+    PyObject *responses[VLEN];
+    while (received < max_packets) {
+        for (int i = 0; i < VLEN; i++) {
+            recv_iov[i].iov_base = recv_buffer + (size_t)i * SLOT;
+            recv_iov[i].iov_len = SLOT;
+            memset(&recv_msgs[i].msg_hdr, 0, sizeof recv_msgs[i].msg_hdr);
+            recv_msgs[i].msg_hdr.msg_name = &names[i];
+            recv_msgs[i].msg_hdr.msg_namelen = sizeof names[i];
+            recv_msgs[i].msg_hdr.msg_iov = &recv_iov[i];
+            recv_msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(fd, recv_msgs, VLEN, MSG_DONTWAIT, NULL);
+        if (n <= 0)
+            break; /* empty (EAGAIN), interrupted, or an error reported on the socket: done for now */
+        received += n;
+        int count = 0;
+        for (int i = 0; i < n; i++) {
+            responses[i] = NULL;
+            if (recv_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+                continue;
+            const char *addr;
+            Py_ssize_t alen;
+            if (ipv6) {
+                addr = (const char *)&names[i].sin6_addr;
+                alen = 16;
+            } else {
+                addr = (const char *)&((struct sockaddr_in *)&names[i])->sin_addr;
+                alen = 4;
+            }
+            PyObject *response = NULL, *slipped;
+            if (compiled != NULL) {
+                response = answer_wire(compiled, recv_iov[i].iov_base, recv_msgs[i].msg_len, 0, ipv6);
+                if (response == Py_None)
+                    Py_CLEAR(response);
+                else if (response == NULL)
+                    PyErr_Clear(); /* (memory) the handler tries the Python path */
+            }
+            if (response != NULL) {
+                int verdict = gate != NULL ? gate_decide(gate, (const unsigned char *)addr, alen, NULL, response) : RRL_SEND;
+                if (verdict == RRL_DROP) { /* the C answer took no EDNS option: no cookie exempts it */
+                    Py_DECREF(response);
+                    continue;
+                }
+                if (verdict < 0) /* an error in the gate: counted below */
+                    Py_CLEAR(response);
+                else if (verdict == RRL_SLIP && (slipped = slip_wire(response, ((const unsigned char *)recv_iov[i].iov_base)[11])) != NULL)
+                    Py_SETREF(response, slipped);
+                else if (verdict != RRL_SEND) { /* a slip C does not make: Python's */
+                    PyErr_Clear();
+                    PyObject *limited_response = NULL;
+                    PyObject *wire = PyBytes_FromStringAndSize(recv_iov[i].iov_base, recv_msgs[i].msg_len);
+                    PyObject *peer = PyBytes_FromStringAndSize(addr, alen);
+                    PyObject *v = PyLong_FromLong(verdict);
+                    if (wire != NULL && peer != NULL && v != NULL) {
+                        PyObject *call_args[4] = {v, wire, peer, response};
+                        limited_response = PyObject_Vectorcall(limited, call_args, 4, NULL);
+                    }
+                    Py_XDECREF(wire);
+                    Py_XDECREF(peer);
+                    Py_XDECREF(v);
+                    Py_SETREF(response, limited_response);
+                }
+            }
+            else {
+                PyObject *wire = PyBytes_FromStringAndSize(recv_iov[i].iov_base, recv_msgs[i].msg_len);
+                PyObject *peer = PyBytes_FromStringAndSize(addr, alen);
+                if (wire != NULL && peer != NULL) {
+                    PyObject *call_args[2] = {wire, peer};
+                    response = PyObject_Vectorcall(handler, call_args, 2, NULL);
+                }
+                Py_XDECREF(wire);
+                Py_XDECREF(peer);
+            }
+            if (response == NULL) {
+                PyErr_Clear();
+                errors++;
+                continue;
+            }
+            if (!PyBytes_Check(response)) {
+                Py_DECREF(response); /* None: nothing to send */
+                continue;
+            }
+            responses[i] = response;
+            send_iov[count].iov_base = PyBytes_AS_STRING(response);
+            send_iov[count].iov_len = (size_t)PyBytes_GET_SIZE(response);
+            memset(&send_msgs[count].msg_hdr, 0, sizeof send_msgs[count].msg_hdr);
+            send_msgs[count].msg_hdr.msg_name = &names[i];
+            send_msgs[count].msg_hdr.msg_namelen = recv_msgs[i].msg_hdr.msg_namelen;
+            send_msgs[count].msg_hdr.msg_iov = &send_iov[count];
+            send_msgs[count].msg_hdr.msg_iovlen = 1;
+            count++;
+        }
+        int done = 0;
+        while (done < count) {
+            int m = sendmmsg(fd, send_msgs + done, (unsigned)(count - done), MSG_DONTWAIT);
+            if (m <= 0)
+                break; /* socket buffer full or an error: the rest are lost, like packets */
+            done += m;
+        }
+        sent += done;
+        for (int i = 0; i < n; i++)
+            Py_XDECREF(responses[i]);
+    }
+    return Py_BuildValue("(lll)", received, sent, errors);
+}
