@@ -1,4 +1,5 @@
-"""The `imrs` command: `imrs serve`, `imrs check-config`, `imrs zone verify`."""
+"""The `imrs` command: `imrs serve`, `imrs check-config`, `imrs zone ...`, `imrs selftest`,
+`imrs rssac002 merge|check`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import logging
 import sys
 
 from imrs import __version__
-from imrs.config import ConfigError, check_config_main, default_settings, load_config, with_overrides
+from imrs.config import (
+    ConfigError,
+    check_config_main,
+    default_settings,
+    load_config,
+    with_overrides,
+)
 from imrs.zone.parse import ZoneFileError
 
 
@@ -48,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     from imrs.zone.zone_cli import add_zone_commands
 
     add_zone_commands(sub)  # `imrs zone verify ...`; returns the group for more `imrs zone` commands
+
+    from imrs.selftest import add_selftest_command
+    from imrs.telemetry.rssac002 import add_rssac002_commands
+
+    add_selftest_command(sub)  # `imrs selftest ADDR[:PORT] ...`
+    add_rssac002_commands(sub)  # `imrs rssac002 merge|check ...`
     return parser
 
 
@@ -96,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         from imrs.zone.zone_cli import zone_main
 
         return zone_main(args)
+    if args.command == "selftest":
+        from imrs.selftest import selftest_main
+
+        return selftest_main(args)
+    if args.command == "rssac002":
+        from imrs.telemetry.rssac002 import rssac002_main
+
+        return rssac002_main(args)
     return 2
 
 

@@ -1,0 +1,1 @@
+"""Telemetry: what the server tells the outside about its traffic (dnstap, metrics)."""
