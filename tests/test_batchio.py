@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from flood.floodgen import junk_payload
 from serverproc import ServerProc, imrs_env, query, root_subset, start_all
 
 from imrs.serve import batchio
@@ -256,6 +257,28 @@ def _queries(rng: random.Random) -> list[bytes]:
                 base[:2] + bytes(rng.randrange(256) for _ in range(rng.randrange(10, 40)))
             wire = wire[:2] + bytes([wire[2] & 0x7F]) + wire[3:]  # a query, not a response
         out.append(wire)
+    # junk that floods carry, which the C loop answers or drops itself: other opcodes (NOTIMP,
+    # with AD and rcode bits to clear), responses (QR set) and runts shorter than a header
+    for i in range(300, 360):
+        base = bytearray(query(rng.choice(names), "A", i, do=rng.random() < 0.5))
+        kind = i % 4
+        if kind == 0:
+            base[2] = (base[2] & 0x87) | (rng.choice([1, 2, 3, 5, 6, 15]) << 3)
+            base[3] |= rng.choice([0x20, 0x2F, 0x05, 0x10])
+        elif kind == 1:
+            base[2] |= 0x80
+        elif kind == 2:
+            base = base[:11]
+        else:
+            base[2] = (base[2] & 0x87) | (2 << 3)  # opcode STATUS, nothing else odd
+        out.append(bytes(base))
+    # and the flood generator's malformed and odd messages (cut short, QDCOUNT 2, opcodes,
+    # responses, random octets), each with its own ID
+    for i in range(400, 640):
+        junk = bytearray(junk_payload(rng, ["com", "net", "org", "de"], (0, 0, 1)))
+        if len(junk) >= 2:
+            junk[0:2] = i.to_bytes(2, "big")
+            out.append(bytes(junk))
     return out
 
 

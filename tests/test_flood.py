@@ -28,17 +28,21 @@ test_junk_flood_legit_share
     (127.77.0.1, a /24 of its own) asks 20 different real-TLD questions (referrals and DS
     answers) at 200 q/s, about 10 q/s per rate-limit category, far under any limit.  Its
     share is the fraction of its queries answered correctly (ID, question, NOERROR, TC
-    clear) within 1 s.  NSD (default RRL, one server process, pinned to core 0), imrs with
-    1 worker (pinned to core 0) and imrs with 2 workers (not pinned) get the same packets in
-    4-second segments that take turns (two rounds, the second in reverse order, so that the
-    VM's drift hits all alike; the client asks during the middle 3 s of each).  Two regimes:
+    clear) within 1 s.  Like for like: NSD with one server process and imrs with 1 worker
+    (both pinned to core 0), and NSD with 2 server processes (reuseport) and imrs with 2
+    workers (neither pinned: each one's second process shares core 1 with the load) get the
+    same packets in 4-second segments that take turns (two rounds, the second in reverse
+    order, so that the VM's drift hits all alike; the client asks during the middle 3 s of
+    each).  Two regimes:
       max    the generator's highest rate.  It outruns a server core: the kernel drops what
              the server cannot read from its socket buffer without regard to who sent it,
-             and NSD keeps 35-60 % here, not the 98-100 % the issue expected.  imrs must keep
-             at least NSD's share, less SHARE_TOLERANCE; the 97 % floor applies to this regime
-             only where NSD itself keeps NSD_KEEPS (98 %) or more.  Today it does not (one
-             imrs worker reads about 90-110k q/s of this flood, NSD about 160k): the test then
-             ends as XFAIL with the figures, a known shortfall, after the floor regime passed.
+             and NSD keeps 30-60 % here, not the 98-100 % the issue expected.  imrs must keep
+             at least its NSD's share, less SHARE_TOLERANCE; the 97 % floor applies to this
+             regime only where NSD itself keeps NSD_KEEPS (98 %) or more.  One imrs worker now
+             reads about as many queries per second of this flood as NSD (170-220k), but the
+             generator's rate, and so the shares, differ by segment: a run where imrs falls
+             more than the tolerance below ends as XFAIL with the figures, after the floor
+             regime passed.
       floor  FLOOR_RATE (40,000) q/s, a flood NSD absorbs (it keeps 100 %; it reads up to
              about 85,000 q/s on one core here): imrs must keep at least NSD's share, less
              SHARE_TOLERANCE, and never below 97 %.
@@ -171,19 +175,23 @@ def _imrs(workdir: Path, workers: int, rrl_rate: int | None = None, name: str = 
     return ServerProc(workdir, args, name=name, env={"PYTHONPATH": src} if src else None, rrl=True)
 
 
-def _nsd(workdir: Path) -> NsdServer:
+def _nsd(workdir: Path, servers: int = 1) -> NsdServer:
+    """NSD with its default RRL; ``servers`` processes sharing the port (reuseport) when > 1."""
     try:
         nsd = find_nsd()
     except NsdUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
-    srv = NsdServer(ROOT_ZONE, workdir, extra_conf=NSD_DEFAULTS)
+    extra = dict(NSD_DEFAULTS)
+    if servers > 1:
+        extra.update({"server-count": str(servers), "reuseport": "yes"})
+    srv = NsdServer(ROOT_ZONE, workdir, extra_conf=extra)
     srv.start()
     checkconf = os.path.join(os.path.dirname(nsd), "nsd-checkconf")
-    got = {key: subprocess.run([checkconf, "-o", key, str(workdir / "nsd.conf")], capture_output=True,
-                               text=True, check=False).stdout.strip() for key in ("rrl-ratelimit", "rrl-slip", "tcp-count")}
-    if got != {"rrl-ratelimit": "200", "rrl-slip": "2", "tcp-count": "100"}:
+    got = {key: subprocess.run([checkconf, "-o", key, str(workdir / "nsd.conf")], capture_output=True, text=True,
+                               check=False).stdout.strip() for key in ("rrl-ratelimit", "rrl-slip", "tcp-count", "server-count")}
+    if got != {"rrl-ratelimit": "200", "rrl-slip": "2", "tcp-count": "100", "server-count": str(servers)}:
         srv.stop()
-        pytest.fail(f"NSD does not run with its default RRL settings: {got}", pytrace=False)
+        pytest.fail(f"NSD does not run with its default RRL settings and {servers} server(s): {got}", pytrace=False)
     return srv
 
 
@@ -290,14 +298,17 @@ def test_junk_flood_legit_share(tmp_path, results):
             s.start()  # they load while NSD does
         nsd = _nsd(tmp_path / "nsd")
         stoppable.append(nsd)
+        nsd2 = _nsd(tmp_path / "nsd2", servers=2)
+        stoppable.append(nsd2)
         for s in (one, two):
             s.wait_ready()
-        servers = {"nsd": nsd, "imrs1": one, "imrs2": two}
+        servers = {"nsd": nsd, "imrs1": one, "nsd2": nsd2, "imrs2": two}
         _pin(nsd, {SERVER_CPU})
-        _pin(one, {SERVER_CPU})  # imrs2 keeps both cores: its second worker shares core 1 with the load
+        _pin(one, {SERVER_CPU})
+        # imrs2 and nsd2 keep both cores: each one's second process shares core 1 with the load
         port_of = {name: s.port for name, s in servers.items()}
         name_of = {port: name for name, port in port_of.items()}
-        order = ["nsd", "imrs1", "imrs2"]
+        order = list(servers)
         plan = ([(n, 0) for n in order] + [(n, 0) for n in reversed(order)]  # regime "max", two rounds
                 + [(n, FLOOR_RATE) for n in order])  # regime "floor"
         schedule = ",".join(f"{port_of[n]}:{rate}:{SEGMENT_SECONDS}" for n, rate in plan)
@@ -318,7 +329,8 @@ def test_junk_flood_legit_share(tmp_path, results):
         _stop_all(stoppable)
     assert f["spoofed"], "the flood could not spoof sources"
     table = {}
-    for regime, segs in (("max", slice(0, 6)), ("floor", slice(6, 9))):
+    rounds = len(servers)
+    for regime, segs in (("max", slice(0, 2 * rounds)), ("floor", slice(2 * rounds, 3 * rounds))):
         fsegs, lsegs = f["segments"][segs], leg["segments"][segs]
         for name, port in port_of.items():
             share, answered, sent = _share(lsegs, port)
@@ -339,19 +351,22 @@ def test_junk_flood_legit_share(tmp_path, results):
     print("\n" + figures + "\n" + per_segment)
     failures = {"max": [], "floor": []}
     for regime in ("max", "floor"):
-        ref = table[(regime, "nsd")]["share"]
-        for name in ("imrs1", "imrs2"):
+        for name, reference in (("imrs1", "nsd"), ("imrs2", "nsd2")):  # like for like: 1 and 2 processes
+            ref = table[(regime, reference)]["share"]
             got = table[(regime, name)]["share"]
             if got < ref - SHARE_TOLERANCE:
-                failures[regime].append(f"{regime}: {name} keeps {got:.4f}, NSD {ref:.4f} (tolerance {SHARE_TOLERANCE})")
+                failures[regime].append(f"{regime}: {name} keeps {got:.4f}, {reference} {ref:.4f} (tolerance {SHARE_TOLERANCE})")
             if (regime == "floor" or ref >= NSD_KEEPS) and got < SHARE_FLOOR:
                 failures[regime].append(f"{regime}: {name} keeps {got:.4f} < {SHARE_FLOOR}")
     assert not failures["floor"], "\n".join(failures["floor"]) + "\n" + figures
     if failures["max"]:
-        # A known shortfall, reported, not hidden: at the generator's top rate NSD (C) reads
-        # about 1.7 times as many queries per second as one imrs worker, and the kernel drops
-        # the rest without regard to who sent them.  The test shows as XFAIL with the figures
-        # until imrs keeps up (the C receive-answer-send loop is the next step).
+        # Reported, not hidden: at the generator's top rate the share is what a server reads
+        # of a flood the kernel mostly drops, and the generator's own rate differs from one
+        # segment to the next (a server that drains its socket more slowly makes the drops,
+        # and so the generator, cheaper), so the shares move by +-0.05 from run to run around
+        # parity (imrs reads as many queries per second as NSD here since the rate limiter
+        # runs in C).  A run where imrs falls below by more than the tolerance shows as XFAIL
+        # with the figures.
         pytest.xfail("imrs keeps a smaller share than NSD at the flood's top rate:\n"
                      + "\n".join(failures["max"]) + "\n" + figures)
 

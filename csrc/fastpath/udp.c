@@ -40,6 +40,87 @@ slip_wire(PyObject *response, int has_opt)
     return out;
 }
 
+/* The junk of floods, decided before any lookup exactly as query.py's parse_query and
+ * error_response decide it (the batched Python loop gives the same bytes: tests/test_batchio.py):
+ * no answer to a runt or a response (QR set); NOTIMP for an opcode other than QUERY and
+ * NOTIFY; FORMERR for rcode bits, a question name that is compressed, too long or cut short,
+ * a question running past the end, a QDCOUNT other than 1, or records in the answer or
+ * authority section.  EARLY_NONE leaves the query to the C answer (or, through it, Python):
+ * NOTIFY, an empty question with an OPT record and an IXFR query with records are Python's.
+ * Runs only while the snapshot has no unavailable zone (Snapshot.answer checks those first). */
+#define EARLY_NONE 0
+#define EARLY_DROP 1
+#define EARLY_REPLY 2
+#define MAX_NAME_WIRE 255
+
+static PyObject *
+header_only(const unsigned char *q, unsigned char flags_high, unsigned char flags_low)
+{
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 12);
+    if (out == NULL)
+        return NULL;
+    unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
+    memset(w, 0, 12);
+    w[0] = q[0];
+    w[1] = q[1];
+    w[2] = flags_high;
+    w[3] = flags_low;
+    return out;
+}
+
+static int
+early_reply(const unsigned char *q, Py_ssize_t len, PyObject **response)
+{
+    *response = NULL;
+    if (len < 12 || (q[2] & 0x80))
+        return EARLY_DROP;
+    int opcode = (q[2] >> 3) & 0xF;
+    if (opcode != 0 && opcode != 4) { /* the query's flags less AD and rcode, QR set */
+        *response = header_only(q, q[2] | 0x80, (q[3] & 0xD0) | 4);
+        return EARLY_REPLY;
+    }
+    if (opcode == 4)
+        return EARLY_NONE; /* NOTIFY: the handler's (the NOTIFY receiver first) */
+    unsigned char formerr_high = 0x80 | (q[2] & 0x79); /* QR, opcode and RD kept */
+    if (q[3] & 0x0F) {
+        *response = header_only(q, formerr_high, 1);
+        return EARLY_REPLY;
+    }
+    Py_ssize_t pos = 12; /* query.py read_name */
+    for (;;) {
+        if (pos >= len)
+            goto formerr;
+        unsigned int length = q[pos];
+        if (length == 0) {
+            pos++;
+            break;
+        }
+        if (length & 0xC0)
+            goto formerr;
+        pos += length + 1;
+        if (pos - 12 >= MAX_NAME_WIRE)
+            goto formerr;
+    }
+    if (pos - 12 > MAX_NAME_WIRE || pos + 4 > len)
+        goto formerr;
+    int qd = (q[4] << 8) | q[5], an = (q[6] << 8) | q[7], ns = (q[8] << 8) | q[9], ar = (q[10] << 8) | q[11];
+    if (qd != 1) {
+        if (qd == 0 && an == 0 && ns == 0 && ar == 1 && len >= 23)
+            return EARLY_NONE; /* maybe an OPT record to echo: Python's */
+        *response = header_only(q, 0x80 | (q[2] & 0x78), 1);
+        return EARLY_REPLY;
+    }
+    unsigned int qtype = (q[pos] << 8) | q[pos + 1];
+    if (an != 0 || (ns != 0 && qtype != 251)) {
+        *response = header_only(q, formerr_high, 1);
+        return EARLY_REPLY;
+    }
+    return EARLY_NONE;
+formerr:
+    *response = header_only(q, formerr_high, 1);
+    return EARLY_REPLY;
+}
+
 PyObject *
 slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -143,7 +224,13 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             PyObject *response = NULL, *slipped;
             if (compiled != NULL) {
-                response = answer_wire(compiled, recv_iov[i].iov_base, recv_msgs[i].msg_len, 0, ipv6);
+                const unsigned char *q = recv_iov[i].iov_base;
+                Py_ssize_t qlen = recv_msgs[i].msg_len;
+                int early = early_reply(q, qlen, &response);
+                if (early == EARLY_DROP)
+                    continue;
+                if (early == EARLY_NONE)
+                    response = answer_wire(compiled, q, qlen, 0, ipv6);
                 if (response == Py_None)
                     Py_CLEAR(response);
                 else if (response == NULL)
