@@ -641,7 +641,10 @@ def test_c_gate_makes_the_python_decisions(seed, slip, log_only, implementation,
                  dnskey_answer(), nxdomain("x.example.", "example.", soa_last=False), error("a.b.", dns.rcode.SERVFAIL),
                  # letter case (0x20): the same buckets as in lower case
                  referral("WWW.Example.COM.", "COM."), nxdomain("x.ExAmple.", "ExAmple."),
-                 positive("Www.Example.Com.", "AAAA", "2001:db8::1"), nodata("Example.Org.", "MX", "Org.")]
+                 positive("Www.Example.Com.", "AAAA", "2001:db8::1"), nodata("Example.Org.", "MX", "Org."),
+                 # a question longer than any name (malformed: an error, in both)
+                 b"\x00\x01\x84\x00\x00\x01\x00\x01\x00\x00\x00\x00" + (b"\x3fa" + b"a" * 62) * 21
+                 + b"\x00\x00\x01\x00\x01" + bytes(20)]
     # malformed: cut short anywhere, or with bytes changed (labels, pointers, counts)
     for base in list(responses):
         responses.append(base[: rnd.randrange(0, len(base))])
@@ -680,3 +683,28 @@ def test_c_gate_makes_the_python_decisions(seed, slip, log_only, implementation,
     assert py.stats.exempt > 0 and py.stats.classified > 0
     for column in ("_gword", "_gused", "_ghalf", "_bkey", "_bcount", "_bhalf", "_blimited"):
         assert getattr(py, column) == getattr(c, column), column
+
+
+@pytest.mark.skipif(not NATIVE, reason="the C extension is not built")
+def test_c_gate_reads_any_bytes_as_python_does(implementation):
+    """Random octets and heavily mutated responses, every one over the gate (rate 1, one
+    source): the C reader never crashes, and files each in the bucket Python does."""
+    if implementation != "python":
+        pytest.skip("compares both implementations once")
+    rnd = random.Random(99)
+    bases = [referral("www.example.com.", "com."), nxdomain("x.Example.", "Example."), nodata(), dnskey_answer(),
+             positive("Www.Example.Com.", "AAAA", "2001:db8::1")]
+    wires = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 300))) for _ in range(3000)]
+    for _ in range(6000):
+        w = bytearray(rnd.choice(bases))
+        for _ in range(rnd.randrange(1, 8)):
+            w[rnd.randrange(len(w))] = rnd.choice([0, 1, 2, 6, 0x3F, 0x40, 0x41, 0x7F, 0xC0, 0xC0 | rnd.randrange(64),
+                                                   rnd.randrange(256)])
+        wires.append(bytes(w[: rnd.randrange(len(w) // 2, len(w) + 1)]))
+    limiters = [RateLimiter(RrlConfig(rate=1, table_size=4096), clock=FakeClock(), native=native,
+                            secret=bytes(range(16))) for native in (False, True)]
+    peer = ip("192.0.2.1")
+    for wire in wires:
+        assert limiters[0].decide(peer, b"", wire) == limiters[1].decide(peer, b"", wire)
+    assert limiters[0]._bkey == limiters[1]._bkey
+    assert limiters[0].stats.as_dict() == limiters[1].stats.as_dict()

@@ -358,6 +358,8 @@ classify_wire(const unsigned char *r, Py_ssize_t len, unsigned char *name, Py_ss
         if (n == 0) {
             qend = o + 1;
             o = qend + 4;
+            if (qend - 12 > 255)
+                return CAT_ERROR; /* longer than a name can be (the name buffer's size) */
         }
         else {
             o = skip_name(r, len, 12);

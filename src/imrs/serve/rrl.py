@@ -519,6 +519,8 @@ def classify(response: bytes) -> tuple[int, bytes, int]:
             if n == 0:
                 qend = o + 1
                 o = qend + 4
+                if qend - 12 > 255:
+                    raise IndexError("question name longer than 255 octets")
             else:
                 o = _skip_name(r, 12) + 4
         else:
