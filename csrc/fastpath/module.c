@@ -3,7 +3,7 @@
 
 static PyMethodDef methods[] = {
     {"udp_drain", (PyCFunction)(void (*)(void))udp_drain, METH_FASTCALL,
-     "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None)\n"
+     "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None)\n"
      "    -> (received, sent, errors)\n\n"
      "recvmmsg, the C answer and RRL gate or handler(wire, peer) per datagram, sendmmsg;\n"
      "until the socket is empty."},

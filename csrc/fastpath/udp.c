@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 
 /* rrl.py slip_response for a response of the C answer: TC set, the question kept, no answer
  * or authority records, and the OPT record, which is the last 11 octets when the query had
@@ -139,7 +140,7 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None)
+ * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None)
  *     -> (received, sent, errors)
  *
  * The UDP receive-answer-send loop of serve/udp.py in C: recvmmsg up to VLEN datagrams at a
@@ -151,6 +152,8 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  *     query answered under the rate never enters Python;
  *   - otherwise handler(wire: bytes, peer: bytes) gives the response bytes or None (peer: the
  *     packed source address, 4 or 16 octets); it must not try the C answer again.
+ * With `traffic` (TrafficCounters.values, serve/traffic.py) every datagram, every response
+ * handed to sendmmsg and each batch's time from receipt to sending are counted (traffic.c).
  * The callbacks are expected to catch their own errors; one that escapes anyway (or an error
  * in the gate) is cleared, counted in ``errors``, and that datagram gets no answer.  A
  * datagram cut short (MSG_TRUNC) is dropped.  Buffers are allocated once (the GIL serialises
@@ -167,8 +170,9 @@ static struct mmsghdr recv_msgs[VLEN], send_msgs[VLEN];
 PyObject *
 udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 4 || nargs > 7) {
-        PyErr_SetString(PyExc_TypeError, "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None)");
+    if (nargs < 4 || nargs > 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None)");
         return NULL;
     }
     int fd = (int)PyLong_AsLong(args[0]);
@@ -187,10 +191,26 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         gate = (RrlGate *)args[5];
     }
+    Py_buffer traffic_view = {0};
+    uint64_t *traffic = NULL;
+    if (nargs > 7 && args[7] != Py_None) {
+        if (PyObject_GetBuffer(args[7], &traffic_view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+            return NULL;
+        if (traffic_view.format == NULL || strcmp(traffic_view.format, "Q") != 0 ||
+            traffic_view.len != traffic_size() * 8) {
+            PyBuffer_Release(&traffic_view);
+            PyErr_SetString(PyExc_TypeError, "udp_drain: traffic must be traffic.TrafficCounters.values");
+            return NULL;
+        }
+        traffic = traffic_view.buf;
+    }
     if (recv_buffer == NULL) {
         recv_buffer = PyMem_RawMalloc((size_t)VLEN * SLOT);
-        if (recv_buffer == NULL)
+        if (recv_buffer == NULL) {
+            if (traffic != NULL)
+                PyBuffer_Release(&traffic_view);
             return PyErr_NoMemory();
+        }
     }
     long received = 0, sent = 0, errors = 0;
     PyObject *responses[VLEN];
@@ -208,9 +228,14 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (n <= 0)
             break; /* empty (EAGAIN), interrupted, or an error reported on the socket: done for now */
         received += n;
+        struct timespec began;
+        if (traffic != NULL)
+            clock_gettime(CLOCK_MONOTONIC, &began);
         int count = 0;
         for (int i = 0; i < n; i++) {
             responses[i] = NULL;
+            if (traffic != NULL)
+                traffic_query(traffic, recv_iov[i].iov_base, recv_msgs[i].msg_len, 0, ipv6);
             if (recv_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
                 continue;
             const char *addr;
@@ -223,6 +248,7 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 alen = 4;
             }
             PyObject *response = NULL, *slipped;
+            int c_made = 0; /* made here (no extended rcode), not by Python */
             if (compiled != NULL) {
                 const unsigned char *q = recv_iov[i].iov_base;
                 Py_ssize_t qlen = recv_msgs[i].msg_len;
@@ -235,6 +261,7 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                     Py_CLEAR(response);
                 else if (response == NULL)
                     PyErr_Clear(); /* (memory) the handler tries the Python path */
+                c_made = response != NULL;
             }
             if (response != NULL) {
                 int verdict = gate != NULL ? gate_decide(gate, (const unsigned char *)addr, alen, NULL, response) : RRL_SEND;
@@ -247,6 +274,7 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 else if (verdict == RRL_SLIP && (slipped = slip_wire(response, ((const unsigned char *)recv_iov[i].iov_base)[11])) != NULL)
                     Py_SETREF(response, slipped);
                 else if (verdict != RRL_SEND) { /* a slip C does not make: Python's */
+                    c_made = 0;
                     PyErr_Clear();
                     PyObject *limited_response = NULL;
                     PyObject *wire = PyBytes_FromStringAndSize(recv_iov[i].iov_base, recv_msgs[i].msg_len);
@@ -282,6 +310,9 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 continue;
             }
             responses[i] = response;
+            if (traffic != NULL)
+                traffic_response(traffic, (const unsigned char *)PyBytes_AS_STRING(response), PyBytes_GET_SIZE(response),
+                                 0, ipv6, c_made);
             send_iov[count].iov_base = PyBytes_AS_STRING(response);
             send_iov[count].iov_len = (size_t)PyBytes_GET_SIZE(response);
             memset(&send_msgs[count].msg_hdr, 0, sizeof send_msgs[count].msg_hdr);
@@ -301,6 +332,13 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         sent += done;
         for (int i = 0; i < n; i++)
             Py_XDECREF(responses[i]);
+        if (traffic != NULL) {
+            struct timespec ended;
+            clock_gettime(CLOCK_MONOTONIC, &ended);
+            traffic_latency(traffic, (double)(ended.tv_sec - began.tv_sec) + (ended.tv_nsec - began.tv_nsec) * 1e-9, 0, n);
+        }
     }
+    if (traffic != NULL)
+        PyBuffer_Release(&traffic_view);
     return Py_BuildValue("(lll)", received, sent, errors);
 }

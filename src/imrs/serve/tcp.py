@@ -39,6 +39,7 @@ from collections import OrderedDict
 
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.snapshot import SnapshotHolder
+from imrs.serve.traffic import TrafficCounters
 from imrs.serve.udp import ServeStats
 from imrs.serve.xfrout import TransferPolicy, answer_transfer, transfer_qtype
 
@@ -145,8 +146,10 @@ class TcpListener:
         max_queries: int = 0,
         transfer_policy: TransferPolicy | None = None,
         notify: NotifyReceiver | None = None,
+        traffic: TrafficCounters | None = None,
     ):
         self.sock = sock
+        self.traffic = traffic  # the worker's traffic counters (None: not kept)
         self.holder = holder
         self.stats = stats
         self.idle_timeout = idle_timeout
@@ -362,6 +365,10 @@ class TcpListener:
             except asyncio.IncompleteReadError:
                 return  # the client closed its side, perhaps mid-message
             self.stats.tcp_queries += 1
+            began = time.monotonic()
+            traffic = self.traffic
+            if traffic is not None:
+                traffic.query(wire, True, self.ipv6)
             try:
                 if transfer_qtype(wire) is not None:
                     self._busy(conn)
@@ -379,11 +386,15 @@ class TcpListener:
                 self._internal_error()
                 return
             for response in responses:
+                if traffic is not None:
+                    traffic.response(response, True, self.ipv6)
                 writer.write(len(response).to_bytes(2, "big") + response)
                 if writer.transport.get_write_buffer_size() > 65536:
                     self._busy(conn)
                     async with asyncio.timeout(self.idle_timeout):
                         await writer.drain()  # a client that does not read is dropped
+            if traffic is not None:
+                traffic.latency(time.monotonic() - began, True)
             served += 1
             if self.max_queries and served >= self.max_queries:
                 return

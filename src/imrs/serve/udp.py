@@ -19,6 +19,7 @@ from imrs.serve import batchio
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.rrl import SEND, SLIP, RateLimiter, slip_response
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
+from imrs.serve.traffic import TrafficCounters
 
 log = logging.getLogger("imrs.udp")
 
@@ -35,8 +36,11 @@ class UdpListener:
 
     def __init__(self, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
                  notify: NotifyReceiver | None = None, rrl: RateLimiter | None = None,
-                 cookie_check: Callable[[bytes, bytes], bool] | None = None):
+                 cookie_check: Callable[[bytes, bytes], bool] | None = None,
+                 traffic: TrafficCounters | None = None):
         self.sock = sock
+        #: the worker's traffic counters (queries, responses, sizes, rcodes...); None: not kept
+        self.traffic = traffic
         self.notify = notify
         self.holder = holder
         self.stats = stats
@@ -122,6 +126,8 @@ class UdpListener:
         sendto = self.sock.sendto
         family = self.sock.family
         handle = self._handler(self.holder.current)
+        traffic = self.traffic
+        ipv6 = self.ipv6
         received = sent = 0
         try:
             for _ in range(BATCH):
@@ -131,14 +137,21 @@ class UdpListener:
                     break
                 except OSError:
                     continue  # e.g. ICMP port unreachable reported on the socket
+                began = time.monotonic()
                 received += 1
+                if traffic is not None:
+                    traffic.query(wire, False, ipv6)
                 response = handle(wire, socket.inet_pton(family, addr[0].split("%")[0]))
                 if response is not None:
+                    if traffic is not None:
+                        traffic.response(response, False, ipv6)
                     try:
                         sendto(response, addr)
                         sent += 1
                     except OSError:
                         self.stats.send_errors += 1
+                if traffic is not None:
+                    traffic.latency(time.monotonic() - began, False)
         finally:
             self.stats.udp_received += received
             self.stats.udp_sent += sent
@@ -149,12 +162,14 @@ class UdpListener:
         snapshot = self.holder.current
         compiled = snapshot.compiled if not snapshot.unavailable else None
         gate = self.rrl.gate if self.rrl is not None else None
+        traffic = self.traffic.values if self.traffic is not None else None
         if compiled is None or (self.rrl is not None and gate is None):
             # no C answer for this snapshot, or a Python decider: all through the handler
-            received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot), self.ipv6, BATCH)
+            received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot), self.ipv6, BATCH,
+                                               None, None, None, traffic)
         else:
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot, c_tried=True),
-                                               self.ipv6, BATCH, compiled, gate, self._limited)
+                                               self.ipv6, BATCH, compiled, gate, self._limited, traffic)
         self.stats.udp_received += received
         self.stats.udp_sent += sent
         self.stats.internal_errors += errors
@@ -172,12 +187,22 @@ class UdpListener:
                 return
             if not wires:
                 return
+            began = time.monotonic()
             stats.udp_received += len(wires)
             names = batch.peers()
             handle = self._handler(self.holder.current)
-            responses = [handle(wire, names[i * step + offset : i * step + offset + size])
-                         for i, wire in enumerate(wires)]
+            traffic = self.traffic
+            responses = []
+            for i, wire in enumerate(wires):
+                if traffic is not None:
+                    traffic.query(wire, False, self.ipv6)
+                response = handle(wire, names[i * step + offset : i * step + offset + size])
+                if response is not None and traffic is not None:
+                    traffic.response(response, False, self.ipv6)
+                responses.append(response)
             stats.udp_sent += batch.reply(responses)
+            if traffic is not None:
+                traffic.latency(time.monotonic() - began, False, len(wires))
             # Not back to the event loop on a short batch: what came in meanwhile is read with
             # one more system call, cheaper than a turn of the loop (with several workers each
             # sees a share of the load, and short batches are the rule).

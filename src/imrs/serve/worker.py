@@ -19,6 +19,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -34,6 +35,7 @@ from imrs.serve.publish import Publication, SnapshotBuilder
 from imrs.serve.rrl import RateLimiter
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
 from imrs.serve.tcp import TcpListener
+from imrs.serve.traffic import TrafficCounters
 from imrs.serve.udp import ServeStats, UdpListener
 from imrs.serve.xfrout import TransferPolicy
 
@@ -54,7 +56,8 @@ def answer_options(settings: Settings) -> AnswerOptions:
 
 
 def tcp_listener(settings: Settings, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
-                 policy: TransferPolicy, notify: NotifyReceiver | None) -> TcpListener:
+                 policy: TransferPolicy, notify: NotifyReceiver | None,
+                 traffic: TrafficCounters | None = None) -> TcpListener:
     return TcpListener(
         sock, holder, stats,
         idle_timeout=settings.tcp_idle_timeout,
@@ -64,6 +67,7 @@ def tcp_listener(settings: Settings, sock: socket.socket, holder: SnapshotHolder
         max_queries=settings.tcp_max_queries_per_connection,
         transfer_policy=policy,
         notify=notify,
+        traffic=traffic,
     )
 
 
@@ -75,6 +79,8 @@ class DataPlane:
         self.settings = settings
         self.holder = SnapshotHolder(snapshot)
         self.stats = ServeStats()
+        # IMRS_NO_TRAFFIC_COUNTERS=1: without them, to measure what they cost (bench/README.md)
+        self.traffic = None if os.environ.get("IMRS_NO_TRAFFIC_COUNTERS") == "1" else TrafficCounters()
         self.transfer_policy = transfer_policy
         self.notify = notify
         self.cookie_check = cookie_check
@@ -87,11 +93,13 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         for sock in sockets:
             if sock.type == socket.SOCK_DGRAM:
-                listener = UdpListener(sock, self.holder, self.stats, self.notify, self.rrl, self.cookie_check)
+                listener = UdpListener(sock, self.holder, self.stats, self.notify, self.rrl, self.cookie_check,
+                                       self.traffic)
                 listener.start(loop)
                 self.udp.append(listener)
             else:
-                tlistener = tcp_listener(self.settings, sock, self.holder, self.stats, self.transfer_policy, self.notify)
+                tlistener = tcp_listener(self.settings, sock, self.holder, self.stats, self.transfer_policy, self.notify,
+                                         self.traffic)
                 await tlistener.start()
                 self.tcp.append(tlistener)
 
@@ -104,6 +112,8 @@ class DataPlane:
 
     def counters(self) -> dict[str, int]:
         counters = self.stats.as_dict()
+        if self.traffic is not None:
+            counters.update(self.traffic.as_dict())
         if self.rrl is not None:
             counters.update({f"rrl_{key}": value for key, value in self.rrl.stats.as_dict().items()})
         for listener in self.udp:

@@ -1,0 +1,184 @@
+"""Traffic counters of one worker: what RSSAC002 and the metrics need, cheap per packet.
+
+One flat ``array("Q")`` (`TrafficCounters.values`) with a fixed layout, so that the C UDP loop
+(csrc/fastpath/traffic.c) and the Python paths (the Python UDP loops, TCP) count into the
+same cells by the same rules; the supervisor sums the workers' `as_dict` (only non-zero
+cells, keys below).  tests/test_traffic.py shows the C loop and the Python loops count alike.
+
+Per query received (every datagram or TCP message, malformed or not):
+
+- ``queries_{udp,tcp}_{ipv4,ipv6}``;
+- ``request_size_{udp,tcp}_{LO}``: 16-octet bins of the DNS message (RSSAC002 traffic-sizes),
+  LO = 0, 16, ..., 288, the last one open (288 octets and over);
+- for a query whose question parses (a header, QDCOUNT >= 1, an uncompressed name of at
+  most 255 octets, type and class): ``qtype_{N}`` (N < 256) or ``qtype_other``, and
+  ``edns_none`` / ``edns_plain`` / ``edns_do`` by the record that follows the question when
+  it is the only record besides it (an OPT record; with the DO bit).
+
+Per response sent (handed to the kernel):
+
+- ``responses_{udp,tcp}_{ipv4,ipv6}``; ``response_size_{udp,tcp}_{LO}``, LO = 0, ..., 4096
+  (the last open);
+- ``rcode_{N}`` (the full rcode: the header's four bits and the OPT record's upper eight,
+  N <= 23) or ``rcode_other``; ``truncated`` (TC set).
+
+Per batch (UDP: the datagrams one receive call brought; TCP: each query), the processing
+time from receiving to sending, in ``latency_{udp,tcp}_{LE}`` for LE (microseconds, upper
+bounds of non-cumulative buckets) in `LATENCY_BOUNDS_US`, and ``latency_{udp,tcp}_inf``.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from imrs.serve.rrl import _last_opt, _skip_name, _skip_records
+
+TRANSPORTS = ("udp", "tcp")
+FAMILIES = ("ipv4", "ipv6")
+REQUEST_BINS = 19  # 0-15 ... 272-287, 288-
+RESPONSE_BINS = 257  # 0-15 ... 4080-4095, 4096-
+RCODES = 24  # 0 .. 23 (BADCOOKIE); others in one cell
+LATENCY_BOUNDS_US = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 100000)
+
+# the layout (csrc/fastpath/traffic.c has the same numbers)
+QUERIES = 0  # [transport * 2 + family]
+RESPONSES = 4
+RCODE = 8  # RCODES + 1 cells
+QTYPE = RCODE + RCODES + 1  # 257 cells: 0..255, other
+EDNS = QTYPE + 257  # none, plain, do
+TRUNCATED = EDNS + 3
+REQUEST_SIZE = TRUNCATED + 1  # [transport * REQUEST_BINS + bin]
+RESPONSE_SIZE = REQUEST_SIZE + 2 * REQUEST_BINS  # [transport * RESPONSE_BINS + bin]
+LATENCY = RESPONSE_SIZE + 2 * RESPONSE_BINS  # [transport * 10 + bucket]
+SIZE = LATENCY + 2 * (len(LATENCY_BOUNDS_US) + 1)
+
+_MAX_NAME_WIRE = 255
+
+
+def _names() -> list[str]:
+    """The key of every cell."""
+    names = [""] * SIZE
+    for t, transport in enumerate(TRANSPORTS):
+        for f, family in enumerate(FAMILIES):
+            names[QUERIES + t * 2 + f] = f"queries_{transport}_{family}"
+            names[RESPONSES + t * 2 + f] = f"responses_{transport}_{family}"
+        for b in range(REQUEST_BINS):
+            names[REQUEST_SIZE + t * REQUEST_BINS + b] = f"request_size_{transport}_{16 * b}"
+        for b in range(RESPONSE_BINS):
+            names[RESPONSE_SIZE + t * RESPONSE_BINS + b] = f"response_size_{transport}_{16 * b}"
+        for b, bound in enumerate((*LATENCY_BOUNDS_US, "inf")):
+            names[LATENCY + t * (len(LATENCY_BOUNDS_US) + 1) + b] = f"latency_{transport}_{bound}"
+    for n in range(RCODES):
+        names[RCODE + n] = f"rcode_{n}"
+    names[RCODE + RCODES] = "rcode_other"
+    for n in range(256):
+        names[QTYPE + n] = f"qtype_{n}"
+    names[QTYPE + 256] = "qtype_other"
+    names[EDNS:EDNS + 3] = ["edns_none", "edns_plain", "edns_do"]
+    names[TRUNCATED] = "truncated"
+    assert all(names), "a cell without a name"
+    return names
+
+
+NAMES = _names()
+
+
+class TrafficCounters:
+    """The counters of one worker (not thread-safe: the event loop's thread counts)."""
+
+    def __init__(self) -> None:
+        self.values = array("Q", bytes(8 * SIZE))
+
+    def as_dict(self) -> dict[str, int]:
+        """The non-zero cells by key."""
+        return {NAMES[i]: v for i, v in enumerate(self.values) if v}
+
+    def query(self, wire: bytes, tcp: bool, ipv6: bool) -> None:
+        """Count one query received."""
+        v = self.values
+        t = 1 if tcp else 0
+        v[QUERIES + 2 * t + (1 if ipv6 else 0)] += 1
+        v[REQUEST_SIZE + t * REQUEST_BINS + min(len(wire) >> 4, REQUEST_BINS - 1)] += 1
+        parsed = question_of(wire)
+        if parsed is not None:
+            qtype, edns = parsed
+            v[QTYPE + (min(256, qtype))] += 1
+            v[EDNS + edns] += 1
+
+    def response(self, wire: bytes, tcp: bool, ipv6: bool) -> None:
+        """Count one response sent."""
+        v = self.values
+        t = 1 if tcp else 0
+        v[RESPONSES + 2 * t + (1 if ipv6 else 0)] += 1
+        v[RESPONSE_SIZE + t * RESPONSE_BINS + min(len(wire) >> 4, RESPONSE_BINS - 1)] += 1
+        if len(wire) >= 12:
+            rcode = full_rcode(wire)
+            v[RCODE + (min(RCODES, rcode))] += 1
+            if wire[2] & 0x02:
+                v[TRUNCATED] += 1
+
+    def latency(self, seconds: float, tcp: bool, count: int = 1) -> None:
+        """Count ``count`` queries that took ``seconds`` from receipt to sending."""
+        us = seconds * 1e6
+        b = 0
+        for bound in LATENCY_BOUNDS_US:
+            if us <= bound:
+                break
+            b += 1
+        self.values[LATENCY + (1 if tcp else 0) * (len(LATENCY_BOUNDS_US) + 1) + b] += count
+
+
+def question_of(wire: bytes) -> tuple[int, int] | None:
+    """(qtype, EDNS cell: 0 none, 1 OPT, 2 OPT with DO) of a query whose question parses."""
+    n = len(wire)
+    if n < 12 or not (wire[4] or wire[5]):
+        return None
+    pos = 12
+    while True:  # answer/query.py read_name
+        if pos >= n:
+            return None
+        length = wire[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length & 0xC0:
+            return None
+        pos += length + 1
+        if pos - 12 >= _MAX_NAME_WIRE:
+            return None
+    if pos - 12 > _MAX_NAME_WIRE or pos + 4 > n:
+        return None
+    qtype = (wire[pos] << 8) | wire[pos + 1]
+    pos += 4
+    edns = 0
+    # the OPT record right after the question, when it is the only other record
+    if (wire[4] == 0 and wire[5] == 1 and not (wire[6] or wire[7] or wire[8] or wire[9]) and wire[10] == 0
+            and wire[11] == 1 and pos + 11 <= n and wire[pos] == 0 and wire[pos + 1] == 0 and wire[pos + 2] == 41):
+        edns = 2 if wire[pos + 7] & 0x80 else 1
+    return qtype, edns
+
+
+def full_rcode(response: bytes) -> int:
+    """The response's rcode with the OPT record's extended bits (RFC 6891)."""
+    rcode = response[3] & 0x0F
+    if not (response[10] or response[11]):
+        return rcode
+    try:
+        o = 12
+        for _ in range((response[4] << 8) | response[5]):
+            o = _skip_name(response, o) + 4
+        start = _last_opt(response, o)
+        if start < 0:  # walk the records to the OPT
+            o = _skip_records(response, o, ((response[6] << 8) | response[7]) + ((response[8] << 8) | response[9]))
+            for _ in range((response[10] << 8) | response[11]):
+                b = response[o]
+                e = o + 2 if b >= 0xC0 else o + 1 if b == 0 else _skip_name(response, o)
+                if b == 0 and response[e] == 0 and response[e + 1] == 41:
+                    start = o
+                    break
+                o = e + 10 + ((response[e + 8] << 8) | response[e + 9])
+        if start >= 0:
+            return rcode | (response[start + 5] << 4)  # the TTL's first octet
+    except IndexError:
+        pass
+    return rcode
