@@ -103,8 +103,10 @@ def test_every_loop_counts_what_it_received_and_sent(snapshot, rrl_rate):
         counts = without_latency(traffic.as_dict())
         assert counts == expected(queries, responses), loop
         results[loop] = counts
-        # the latency cells count every datagram once
+        # the latency cells count every datagram once; one source
         assert sum(v for k, v in traffic.as_dict().items() if k.startswith("latency_udp_")) == len(queries)
+        sources = traffic.sources()
+        assert (sources["ipv4"].count(), sources["ipv6"].count()) == (1, 0), loop
     assert results[LOOPS[0]]["queries_udp_ipv4"] == len(queries)
     assert results[LOOPS[0]]["responses_udp_ipv4"] > len(queries) // 3
     if not rrl_rate:  # (with RRL the seconds may differ between runs)
@@ -166,3 +168,87 @@ def test_c_reads_extended_rcodes_as_python_does(snapshot):
     traffic, responses = run_loop("c", snapshot, queries, None)
     assert without_latency(traffic.as_dict()) == expected(queries, responses)
     assert traffic.as_dict().get("rcode_16", 0) > 0  # EDNS version 1: BADVERS
+
+
+@pytest.mark.skipif(not fastc.enabled(), reason="the C extension is not built")
+@pytest.mark.parametrize("threshold", [0, 50, 10_000])
+def test_c_source_counter_keeps_the_python_sets(threshold):
+    """The C loop's SourceCounter and the Python paths' SourceSets, fed the same sources (IPv4,
+    IPv6 in few /64s, IPv4-mapped, repeats), hold the same hashes, then the same registers."""
+    rng = random.Random(threshold)
+    peers = []
+    for _ in range(3000):
+        kind = rng.random()
+        if kind < 0.5:
+            peers.append(bytes([10, rng.randrange(4), rng.randrange(256), rng.randrange(256)]))
+        elif kind < 0.9:
+            peers.append(bytes.fromhex("20010db8") + bytes([0, 0, 0, rng.randrange(8)]) + rng.randbytes(8))
+        else:
+            peers.append(b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, rng.randrange(256)]))
+    peers += peers[:500]  # repeats
+    python, c = TrafficCounters(threshold), TrafficCounters(threshold)
+    python.c_sources = None
+    for peer in peers:
+        python.source(peer)
+        c.c_sources.add(peer)
+    ours, theirs = python.sources(), c.sources(reset=True)
+    for kind in ("ipv4", "ipv6", "ipv6_aggregate"):
+        assert ours[kind].to_json() == theirs[kind].to_json(), kind
+    v4 = {p[-4:] for p in peers if len(p) == 4 or p[:12] == b"\0" * 10 + b"\xff\xff"}
+    if threshold >= len(v4):
+        assert ours["ipv4"].count() == len(v4)
+    assert ours["ipv6_aggregate"].count() <= 8
+    assert c.sources()["ipv4"].count() == 0  # reset
+
+
+def test_workers_sources_merge_for_unique_sources(tmp_path):
+    """Two workers (in process: the supervisor's pool): queries from 40 distinct addresses over
+    UDP and one over TCP reach either worker; the pool's merged sets count 41 IPv4 sources,
+    and after a reset none."""
+    import asyncio
+
+    from serverproc import query, tcp_ask
+
+    from imrs.config import ListenAddress, default_settings, with_overrides
+    from imrs.serve.server import Supervisor, load_static_zones, transfer_policy
+
+    settings = with_overrides(default_settings(), listen=[ListenAddress("127.0.0.1", 0, socket.AF_INET)],
+                              zones=[str(ROOT_ZONE)], workers=2, rrl_rate=0)
+    supervisor = Supervisor(settings, load_static_zones(settings), transfer_policy(settings))
+
+    def ask_from(source: str, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((source, 0))
+            s.settimeout(2.0)
+            s.sendto(query("com.", "NS", 1), ("127.0.0.1", port))
+            return len(s.recv(65535)) > 12
+
+    async def scenario() -> tuple[int, int, int]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(supervisor.run(stop))
+        try:
+            for _ in range(600):
+                pool = supervisor.pool
+                if pool is not None and supervisor.addresses and sum(s.state == "serving" for s in pool.slots.values()) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            port = supervisor.addresses[0].port
+            answered = 0
+            for n in range(40):
+                answered += await asyncio.to_thread(ask_from, f"127.1.0.{n + 1}", port)
+                answered += await asyncio.to_thread(ask_from, f"127.1.0.{n + 1}", port)  # a repeat
+            assert await asyncio.to_thread(tcp_ask, "127.0.0.1", port, query("org.", "NS", 2)) is not None
+            assert answered == 80
+            first = await supervisor.pool.sources(reset=True)
+            second = await supervisor.pool.sources()
+            counters = await supervisor.pool.counters()
+            return first["ipv4"].count(), second["ipv4"].count() if second else 0, counters.get("queries_udp_ipv4", 0)
+        finally:
+            stop.set()
+            await task
+
+    first, after_reset, udp_queries = asyncio.run(scenario())
+    # 40 clients + 127.0.0.1 over TCP (a probe from 127.0.0.1 may come too: it is the same source)
+    assert first == 41
+    assert after_reset == 0
+    assert udp_queries >= 80

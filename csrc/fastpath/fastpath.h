@@ -31,6 +31,8 @@ PyObject *fast_answer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 #define RRL_SLIP 2
 typedef struct RrlGate RrlGate;
 extern PyTypeObject RrlGateType;
+/* SipHash-2-4 of in[:len] under the key k0, k1 (little-endian halves), as an integer. */
+uint64_t imrs_siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len);
 /* The verdict for `response` to `peer` (4 or 16 octets); -1 with an exception set. */
 int gate_decide(RrlGate *g, const unsigned char *peer, Py_ssize_t alen, PyObject *peer_obj, PyObject *response);
 
@@ -40,6 +42,10 @@ void traffic_query(uint64_t *v, const unsigned char *w, Py_ssize_t n, int tcp, i
 /* plain_rcode: the response has no extended rcode (made in C), the header's is the rcode */
 void traffic_response(uint64_t *v, const unsigned char *r, Py_ssize_t n, int tcp, int ipv6, int plain_rcode);
 void traffic_latency(uint64_t *v, double seconds, int tcp, long count);
+typedef struct SourceCounter SourceCounter;
+extern PyTypeObject SourceCounterType;
+/* count a query's source (4 or 16 octets) */
+void sources_count(SourceCounter *c, const unsigned char *addr, int alen);
 
 /* udp.c */
 PyObject *udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs);

@@ -3,7 +3,8 @@
 
 static PyMethodDef methods[] = {
     {"udp_drain", (PyCFunction)(void (*)(void))udp_drain, METH_FASTCALL,
-     "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None)\n"
+     "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None,\n"
+     "          sources=None)\n"
      "    -> (received, sent, errors)\n\n"
      "recvmmsg, the C answer and RRL gate or handler(wire, peer) per datagram, sendmmsg;\n"
      "until the socket is empty."},
@@ -27,14 +28,12 @@ PyInit__fastpath(void)
 {
     if (answer_init() < 0)
         return NULL;
-    if (PyType_Ready(&RrlGateType) < 0)
+    if (PyType_Ready(&RrlGateType) < 0 || PyType_Ready(&SourceCounterType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&moduledef);
     if (module == NULL)
         return NULL;
-    Py_INCREF(&RrlGateType);
-    if (PyModule_AddObject(module, "RrlGate", (PyObject *)&RrlGateType) < 0) {
-        Py_DECREF(&RrlGateType);
+    if (PyModule_AddType(module, &RrlGateType) < 0 || PyModule_AddType(module, &SourceCounterType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

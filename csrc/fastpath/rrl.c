@@ -205,8 +205,8 @@ is_exempt(const ExemptNet *nets, Py_ssize_t n, u128 address, int bits)
         v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                           \
     } while (0)
 
-static uint64_t
-siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len)
+uint64_t
+imrs_siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len)
 {
     uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
     uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
@@ -511,7 +511,7 @@ gate_account(RrlGate *g, const unsigned char *peer, Py_ssize_t alen, PyObject *p
     data[at + 1] = (unsigned char)((qtype + 1) >> 16);
     data[at + 2] = (unsigned char)((qtype + 1) >> 8);
     data[at + 3] = (unsigned char)(qtype + 1);
-    uint64_t key = siphash24(g->k0, g->k1, data, at + 4 + nlen) | 1;
+    uint64_t key = imrs_siphash24(g->k0, g->k1, data, at + 4 + nlen) | 1;
 
     uint64_t *bkey = g->columns[B_KEY].buf, *blimited = g->columns[B_LIMITED].buf;
     int64_t *bstamp = g->columns[B_STAMP].buf;

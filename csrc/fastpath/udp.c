@@ -140,7 +140,8 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None)
+ * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None,
+ *           sources=None)
  *     -> (received, sent, errors)
  *
  * The UDP receive-answer-send loop of serve/udp.py in C: recvmmsg up to VLEN datagrams at a
@@ -153,7 +154,8 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  *   - otherwise handler(wire: bytes, peer: bytes) gives the response bytes or None (peer: the
  *     packed source address, 4 or 16 octets); it must not try the C answer again.
  * With `traffic` (TrafficCounters.values, serve/traffic.py) every datagram, every response
- * handed to sendmmsg and each batch's time from receipt to sending are counted (traffic.c).
+ * handed to sendmmsg and each batch's time from receipt to sending are counted, and with
+ * `sources` (a SourceCounter) every datagram's source address (traffic.c).
  * The callbacks are expected to catch their own errors; one that escapes anyway (or an error
  * in the gate) is cleared, counted in ``errors``, and that datagram gets no answer.  A
  * datagram cut short (MSG_TRUNC) is dropped.  Buffers are allocated once (the GIL serialises
@@ -170,9 +172,9 @@ static struct mmsghdr recv_msgs[VLEN], send_msgs[VLEN];
 PyObject *
 udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 4 || nargs > 8) {
-        PyErr_SetString(PyExc_TypeError,
-                        "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None)");
+    if (nargs < 4 || nargs > 9) {
+        PyErr_SetString(PyExc_TypeError, "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, "
+                                         "limited=None, traffic=None, sources=None)");
         return NULL;
     }
     int fd = (int)PyLong_AsLong(args[0]);
@@ -190,6 +192,14 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         gate = (RrlGate *)args[5];
+    }
+    SourceCounter *sources = NULL;
+    if (nargs > 8 && args[8] != Py_None) {
+        if (!PyObject_TypeCheck(args[8], &SourceCounterType)) {
+            PyErr_SetString(PyExc_TypeError, "udp_drain: sources must be a SourceCounter");
+            return NULL;
+        }
+        sources = (SourceCounter *)args[8];
     }
     Py_buffer traffic_view = {0};
     uint64_t *traffic = NULL;
@@ -236,6 +246,10 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             responses[i] = NULL;
             if (traffic != NULL)
                 traffic_query(traffic, recv_iov[i].iov_base, recv_msgs[i].msg_len, 0, ipv6);
+            if (sources != NULL)
+                sources_count(sources, ipv6 ? (const unsigned char *)&names[i].sin6_addr
+                                            : (const unsigned char *)&((struct sockaddr_in *)&names[i])->sin_addr,
+                              ipv6 ? 16 : 4);
             if (recv_msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
                 continue;
             const char *addr;

@@ -369,6 +369,8 @@ class TcpListener:
             traffic = self.traffic
             if traffic is not None:
                 traffic.query(wire, True, self.ipv6)
+                if peer_packed is not None:
+                    traffic.source(peer_packed)
             try:
                 if transfer_qtype(wire) is not None:
                     self._busy(conn)

@@ -22,6 +22,10 @@ Per response sent (handed to the kernel):
 - ``rcode_{N}`` (the full rcode: the header's four bits and the OPT record's upper eight,
   N <= 23) or ``rcode_other``; ``truncated`` (TC set).
 
+Per query, its source address, for RSSAC002 unique-sources (`TrafficCounters.sources`):
+distinct IPv4 addresses, IPv6 addresses and IPv6 /64 prefixes, each a mergeable
+:class:`~imrs.telemetry.rssac002.SourceSet` (exact, then HyperLogLog).
+
 Per batch (UDP: the datagrams one receive call brought; TCP: each query), the processing
 time from receiving to sending, in ``latency_{udp,tcp}_{LE}`` for LE (microseconds, upper
 bounds of non-cumulative buckets) in `LATENCY_BOUNDS_US`, and ``latency_{udp,tcp}_inf``.
@@ -29,9 +33,17 @@ bounds of non-cumulative buckets) in `LATENCY_BOUNDS_US`, and ``latency_{udp,tcp
 
 from __future__ import annotations
 
+import struct
 from array import array
 
+from imrs.answer import fastc
 from imrs.serve.rrl import _last_opt, _skip_name, _skip_records
+from imrs.telemetry.rssac002 import DEFAULT_EXACT_THRESHOLD, SourceSet
+
+_fastpath = fastc._fastpath if fastc.enabled() and hasattr(fastc._fastpath, "SourceCounter") else None
+_IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
+#: the unique-sources kinds of RSSAC002, in SourceCounter.export's order
+SOURCE_KINDS = ("ipv4", "ipv6", "ipv6_aggregate")
 
 TRANSPORTS = ("udp", "tcp")
 FAMILIES = ("ipv4", "ipv6")
@@ -86,8 +98,44 @@ NAMES = _names()
 class TrafficCounters:
     """The counters of one worker (not thread-safe: the event loop's thread counts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> None:
         self.values = array("Q", bytes(8 * SIZE))
+        self.exact_threshold = exact_threshold
+        #: the distinct sources the Python paths saw (IPv4, IPv6, IPv6 /64: RSSAC002's three)
+        self._sources = [SourceSet(exact_threshold) for _ in SOURCE_KINDS]
+        #: those the C UDP loop saw (imrs._fastpath.SourceCounter), when it runs
+        self.c_sources = _fastpath.SourceCounter(exact_threshold) if _fastpath is not None else None
+
+    def source(self, peer: bytes) -> None:
+        """Count a query's source (packed, 4 or 16 octets; IPv4-mapped counts as IPv4)."""
+        if len(peer) == 16 and peer[:12] == _IPV4_MAPPED:
+            peer = peer[12:]
+        if len(peer) == 4:
+            self._sources[0].add(peer)
+        else:
+            self._sources[1].add(peer)
+            self._sources[2].add(peer[:8])
+
+    def sources(self, reset: bool = False) -> dict[str, SourceSet]:
+        """The distinct sources so far, by kind (the Python paths' and the C loop's, merged);
+        with ``reset``, counting starts afresh (a new UTC day)."""
+        out = {}
+        for i, kind in enumerate(SOURCE_KINDS):
+            merged = SourceSet(self.exact_threshold)
+            merged.update(self._sources[i])
+            if self.c_sources is not None:
+                how, data = self.c_sources.export(i)
+                if how == "hll":
+                    merged.update(SourceSet.from_registers(data, exact_threshold=self.exact_threshold))
+                else:
+                    for (value,) in struct.iter_unpack(">Q", data):
+                        merged.add_hash(value)
+            out[kind] = merged
+        if reset:
+            self._sources = [SourceSet(self.exact_threshold) for _ in SOURCE_KINDS]
+            if self.c_sources is not None:
+                self.c_sources.reset()
+        return out
 
     def as_dict(self) -> dict[str, int]:
         """The non-zero cells by key."""

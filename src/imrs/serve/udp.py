@@ -139,9 +139,11 @@ class UdpListener:
                     continue  # e.g. ICMP port unreachable reported on the socket
                 began = time.monotonic()
                 received += 1
+                peer = socket.inet_pton(family, addr[0].split("%")[0])
                 if traffic is not None:
                     traffic.query(wire, False, ipv6)
-                response = handle(wire, socket.inet_pton(family, addr[0].split("%")[0]))
+                    traffic.source(peer)
+                response = handle(wire, peer)
                 if response is not None:
                     if traffic is not None:
                         traffic.response(response, False, ipv6)
@@ -163,13 +165,14 @@ class UdpListener:
         compiled = snapshot.compiled if not snapshot.unavailable else None
         gate = self.rrl.gate if self.rrl is not None else None
         traffic = self.traffic.values if self.traffic is not None else None
+        sources = self.traffic.c_sources if self.traffic is not None else None
         if compiled is None or (self.rrl is not None and gate is None):
             # no C answer for this snapshot, or a Python decider: all through the handler
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot), self.ipv6, BATCH,
-                                               None, None, None, traffic)
+                                               None, None, None, traffic, sources)
         else:
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot, c_tried=True),
-                                               self.ipv6, BATCH, compiled, gate, self._limited, traffic)
+                                               self.ipv6, BATCH, compiled, gate, self._limited, traffic, sources)
         self.stats.udp_received += received
         self.stats.udp_sent += sent
         self.stats.internal_errors += errors
@@ -194,9 +197,11 @@ class UdpListener:
             traffic = self.traffic
             responses = []
             for i, wire in enumerate(wires):
+                peer = names[i * step + offset : i * step + offset + size]
                 if traffic is not None:
                     traffic.query(wire, False, self.ipv6)
-                response = handle(wire, names[i * step + offset : i * step + offset + size])
+                    traffic.source(peer)
+                response = handle(wire, peer)
                 if response is not None and traffic is not None:
                     traffic.response(response, False, self.ipv6)
                 responses.append(response)

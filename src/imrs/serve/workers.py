@@ -25,6 +25,7 @@ from multiprocessing.reduction import send_handle
 
 from imrs.serve import worker
 from imrs.serve.publish import Publication
+from imrs.telemetry.rssac002 import SourceSet
 
 log = logging.getLogger("imrs.workers")
 
@@ -125,17 +126,24 @@ class WorkerPool:
                     log.exception("worker %d: cannot send to it", slot.index)
         asyncio.get_running_loop().create_task(send())
 
-    async def _wait(self, slot: _Slot, what: str, timeout: float):
+    def _expect(self, slot: _Slot, what: str, timeout: float) -> asyncio.Task:
+        """The worker's next ``what`` message (False if none within ``timeout``), waited for
+        from now on: call it before sending the request, or a quick reply could come first."""
         future = asyncio.get_running_loop().create_future()
         slot.waiters[what] = future
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            log.error("worker %d: no %r within %.0f s", slot.index, what, timeout)
-            return False
-        finally:
-            slot.waiters.pop(what, None)
+
+        async def wait() -> object:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                log.error("worker %d: no %r within %.0f s", slot.index, what, timeout)
+                return False
+            finally:
+                if slot.waiters.get(what) is future:
+                    del slot.waiters[what]
+
+        return asyncio.get_running_loop().create_task(wait())
 
     @staticmethod
     def _resolve(slot: _Slot, what: str, value: object) -> None:
@@ -191,7 +199,7 @@ class WorkerPool:
                     pending[2].set_result(True)
         elif kind == "notify":
             self.on_notify(message[1], message[2])
-        elif kind in ("stats", "stopped"):
+        elif kind in ("stats", "stopped", "sources"):
             self._resolve(slot, kind, message[1])
 
     def _on_exit(self, slot: _Slot) -> None:
@@ -270,9 +278,23 @@ class WorkerPool:
         live = [slot for slot in self.slots.values() if slot.state == "serving"]
         waits = []
         for slot in live:
-            waits.append(self._wait(slot, "stats", timeout))
+            waits.append(self._expect(slot, "stats", timeout))
             await slot.send(("stats",))
         return _sum([r for r in await asyncio.gather(*waits) if isinstance(r, dict)], self.restarts)
+
+    async def sources(self, reset: bool = False, timeout: float = 5.0) -> dict[str, SourceSet]:
+        """The distinct query sources of all workers, merged by kind (RSSAC002's IPv4, IPv6 and
+        IPv6 /64), from those that answer within ``timeout``; ``reset``: each starts afresh."""
+        live = [slot for slot in self.slots.values() if slot.state == "serving"]
+        waits = []
+        for slot in live:
+            waits.append(self._expect(slot, "sources", timeout))
+            await slot.send(("sources", reset))
+        merged: dict[str, SourceSet] = {}
+        for reply in await asyncio.gather(*waits):
+            for kind, state in (reply or {}).items():
+                merged.setdefault(kind, SourceSet()).update(SourceSet.from_json(state))
+        return merged
 
     async def stop(self) -> dict[str, int]:
         """Stop every worker (killing those that do not stop in time); their final counters."""
@@ -280,7 +302,7 @@ class WorkerPool:
         slots = list(self.slots.values())
         waits = []
         for slot in slots:
-            waits.append(asyncio.ensure_future(self._wait(slot, "stopped", STOP_TIMEOUT)))
+            waits.append(self._expect(slot, "stopped", STOP_TIMEOUT))
             try:
                 slot.conn.send(("stop",))
             except OSError:

@@ -25,8 +25,8 @@ refuses anything else with the file's name and line.
 Unique sources, and merging them
 --------------------------------
 Distinct counts cannot be summed across instances (one resolver queries many of them), so each
-family is kept as a mergeable :class:`SourceSet` of 64-bit BLAKE2b hashes of the address (or of
-the /64 prefix):
+family is kept as a mergeable :class:`SourceSet` of 64-bit SipHash-2-4 hashes, under a fixed key,
+of the address (or of the /64 prefix):
 
 * exact while it holds at most ``exact_threshold`` hashes (default 10,000): the count is exact up
   to 64-bit hash collisions (about 3e-12 for 10,000 sources), and a union of exact sets is exact;
@@ -62,7 +62,6 @@ import base64
 import binascii
 import contextlib
 import datetime
-import hashlib
 import ipaddress
 import json
 import math
@@ -76,6 +75,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self, TypeAlias
+
+from siphash24 import siphash24
 
 VERSION = "rssac002v5"
 METRICS: tuple[str, ...] = ("traffic-volume", "traffic-sizes", "rcode-volume", "unique-sources", "load-time")
@@ -99,7 +100,7 @@ MIN_PRECISION, MAX_PRECISION = 4, 18
 DEFAULT_LOAD_TIME_PERCENTILE = 95.0
 
 SKETCH_FORMAT = "imrs-rssac002-unique-sources"
-SKETCH_VERSION = 1
+SKETCH_VERSION = 2  # 2: SipHash-2-4 source hashes (1: BLAKE2b)
 SKETCH_SUFFIX = ".sketch"
 
 EXIT_OK = 0
@@ -177,13 +178,15 @@ def parse_bin_label(label: str, open_from: int) -> int:
 
 # --- unique sources -------------------------------------------------------------------------
 
-_HASH_PERSON = b"imrs-rssac002"  # fixed: sketches of different instances must hash alike
+#: SipHash-2-4 key of source hashes: fixed, as sketches of different instances must hash alike
+#: (and the C UDP loop, csrc/fastpath/traffic.c, hashes with it too)
+SOURCE_HASH_KEY = b"imrs-rssac002-v2"
 _IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 def source_hash(item: bytes) -> int:
     """The 64-bit hash under which a source (packed address or /64 prefix) is counted."""
-    return int.from_bytes(hashlib.blake2b(item, digest_size=8, person=_HASH_PERSON).digest(), "big")
+    return int.from_bytes(siphash24(item, key=SOURCE_HASH_KEY).digest(), "little")
 
 
 def client_address(address: Address) -> tuple[Family, bytes]:
@@ -361,6 +364,17 @@ class SourceSet:
             sources._registers = bytearray(registers)
             return sources
         raise ValueError(f"unknown kind {kind!r} (expected 'exact' or 'hll')")
+
+    @classmethod
+    def from_registers(cls, registers: bytes, precision: int = DEFAULT_PRECISION,
+                       exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> SourceSet:
+        """A sketch from HyperLogLog registers counted elsewhere (the C UDP loop's)."""
+        if len(registers) != 1 << precision or max(registers, default=0) > 64 - precision + 1:
+            raise ValueError(f"HyperLogLog: registers do not fit precision {precision}")
+        sources = cls(exact_threshold, precision)
+        sources._exact = None
+        sources._registers = bytearray(registers)
+        return sources
 
     def _insert(self, value: int) -> None:
         q = 64 - self.precision
