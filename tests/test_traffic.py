@@ -3,6 +3,7 @@ counts are those of the traffic sent (queries, responses, sizes, rcodes, qtypes,
 
 from __future__ import annotations
 
+import datetime
 import random
 import socket
 
@@ -19,8 +20,9 @@ from imrs.config import RrlConfig
 from imrs.serve import batchio, udp
 from imrs.serve.rrl import RateLimiter
 from imrs.serve.snapshot import SnapshotHolder, build_snapshot
-from imrs.serve.traffic import NAMES, TrafficCounters, full_rcode
+from imrs.serve.traffic import NAMES, TrafficCounters, day_counters, full_rcode
 from imrs.serve.udp import ServeStats, UdpListener
+from imrs.telemetry.rssac002 import load_report, write_day
 from imrs.zone.parse import load_zone_file
 
 NATIVE = udp.udp_drain is not None
@@ -204,7 +206,8 @@ def test_c_source_counter_keeps_the_python_sets(threshold):
 def test_workers_sources_merge_for_unique_sources(tmp_path):
     """Two workers (in process: the supervisor's pool): queries from 40 distinct addresses over
     UDP and one over TCP reach either worker; the pool's merged sets count 41 IPv4 sources,
-    and after a reset none."""
+    the day's counters are the totals, and the RSSAC002 files written from them carry the
+    traffic sent; after a reset (a new day) counts and sources start from nothing."""
     import asyncio
 
     from serverproc import query, tcp_ask
@@ -223,6 +226,22 @@ def test_workers_sources_merge_for_unique_sources(tmp_path):
             s.sendto(query("com.", "NS", 1), ("127.0.0.1", port))
             return len(s.recv(65535)) > 12
 
+    def write_rssac002(counts: dict[str, int], sources: dict) -> None:
+        """The day's files from these counts: the numbers of the traffic sent."""
+        day = datetime.date(2026, 11, 30)
+        paths = write_day(tmp_path / "rssac002", "x.root-servers.net", day,
+                          day_counters(counts, sources, {2026082201: 1.6}))
+        reports = {(r := load_report(p)).metric: r for p in paths if p.suffix == ".yaml"}
+        volume = reports["traffic-volume"].values
+        assert volume["dns-udp-queries-received-ipv4"] == counts["queries_udp_ipv4"] >= 80
+        assert volume["dns-udp-responses-sent-ipv4"] == counts["responses_udp_ipv4"] >= 80
+        assert volume["dns-tcp-queries-received-ipv4"] == counts["queries_tcp_ipv4"] >= 1
+        assert reports["unique-sources"].values["num-sources-ipv4"] == 41
+        assert reports["rcode-volume"].values[0] == counts["rcode_0"] >= 81
+        sizes = reports["traffic-sizes"].values["udp-request-sizes"]
+        assert sum(sizes.values()) == counts["queries_udp_ipv4"]
+        assert reports["load-time"].values["time"] == {2026082201: 2}
+
     async def scenario() -> tuple[int, int, int]:
         stop = asyncio.Event()
         task = asyncio.create_task(supervisor.run(stop))
@@ -239,9 +258,12 @@ def test_workers_sources_merge_for_unique_sources(tmp_path):
                 answered += await asyncio.to_thread(ask_from, f"127.1.0.{n + 1}", port)  # a repeat
             assert await asyncio.to_thread(tcp_ask, "127.0.0.1", port, query("org.", "NS", 2)) is not None
             assert answered == 80
-            first = await supervisor.pool.sources(reset=True)
-            second = await supervisor.pool.sources()
+            day_counts, first = await supervisor.pool.day(reset=True)
+            write_rssac002(day_counts, first)
+            next_day, second = await supervisor.pool.day()
             counters = await supervisor.pool.counters()
+            assert day_counts["queries_udp_ipv4"] == counters["queries_udp_ipv4"] >= 80
+            assert next_day.get("queries_udp_ipv4", 0) == 0
             return first["ipv4"].count(), second["ipv4"].count() if second else 0, counters.get("queries_udp_ipv4", 0)
         finally:
             stop.set()

@@ -38,7 +38,7 @@ from array import array
 
 from imrs.answer import fastc
 from imrs.serve.rrl import _last_opt, _skip_name, _skip_records
-from imrs.telemetry.rssac002 import DEFAULT_EXACT_THRESHOLD, SourceSet
+from imrs.telemetry.rssac002 import DEFAULT_EXACT_THRESHOLD, DayCounters, SourceSet
 
 _fastpath = fastc._fastpath if fastc.enabled() and hasattr(fastc._fastpath, "SourceCounter") else None
 _IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
@@ -100,6 +100,7 @@ class TrafficCounters:
 
     def __init__(self, exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> None:
         self.values = array("Q", bytes(8 * SIZE))
+        self._day_base = array("Q", bytes(8 * SIZE))  # the values when the day began
         self.exact_threshold = exact_threshold
         #: the distinct sources the Python paths saw (IPv4, IPv6, IPv6 /64: RSSAC002's three)
         self._sources = [SourceSet(exact_threshold) for _ in SOURCE_KINDS]
@@ -138,8 +139,18 @@ class TrafficCounters:
         return out
 
     def as_dict(self) -> dict[str, int]:
-        """The non-zero cells by key."""
+        """The non-zero cells by key (since the worker started: for the metrics)."""
         return {NAMES[i]: v for i, v in enumerate(self.values) if v}
+
+    def day(self, reset: bool = False) -> dict[str, int]:
+        """The non-zero cells counted since the last reset (the UTC day's, for RSSAC002);
+        ``reset``: the next day starts now."""
+        values = self.values
+        base = self._day_base
+        out = {NAMES[i]: values[i] - base[i] for i in range(SIZE) if values[i] != base[i]}
+        if reset:
+            self._day_base = array("Q", values)
+        return out
 
     def query(self, wire: bytes, tcp: bool, ipv6: bool) -> None:
         """Count one query received."""
@@ -230,3 +241,26 @@ def full_rcode(response: bytes) -> int:
     except IndexError:
         pass
     return rcode
+
+
+def day_counters(counters: dict[str, int], sources: dict[str, SourceSet],
+                 load_times: dict[int, float] | None = None) -> DayCounters:
+    """A UTC day's RSSAC002 counts from the workers' day (`WorkerPool.day`: counter keys as
+    above, sources by `SOURCE_KINDS`) and the zone keepers' load times (serial -> seconds)."""
+    day = DayCounters.new()
+    for t, transport in enumerate(TRANSPORTS):
+        for family in (4, 6):
+            day.queries[(transport, family)] = counters.get(f"queries_{transport}_ipv{family}", 0)
+            day.responses[(transport, family)] = counters.get(f"responses_{transport}_ipv{family}", 0)
+        day.request_sizes[transport] = [counters.get(NAMES[REQUEST_SIZE + t * REQUEST_BINS + b], 0)
+                                        for b in range(REQUEST_BINS)]
+        day.response_sizes[transport] = [counters.get(NAMES[RESPONSE_SIZE + t * RESPONSE_BINS + b], 0)
+                                         for b in range(RESPONSE_BINS)]
+    # (imrs sends no rcode above 23: "rcode_other" stays empty and is left out)
+    day.rcodes = {n: counters[f"rcode_{n}"] for n in range(RCODES) if counters.get(f"rcode_{n}")}
+    for kind, target in zip(SOURCE_KINDS, (day.sources_ipv4, day.sources_ipv6, day.sources_ipv6_aggregate)):
+        if kind in sources:
+            target.update(sources[kind])
+    for serial, seconds in (load_times or {}).items():
+        day.record_load_time(serial, seconds)
+    return day

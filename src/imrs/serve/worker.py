@@ -9,9 +9,9 @@ snapshot in a thread while still answering from the old one, then say ``prepared
 prepared, so all workers change version within a moment of each other.
 
 Messages, supervisor to worker: ("prepare", Publication), ("commit", generation),
-("stats",), ("sources", reset), ("stop",).  Worker to supervisor: ("ready", generation),
-("prepared", generation), ("stats", dict), ("sources", {kind: SourceSet JSON}), ("notify", origin,
-serial), ("stopped", dict).
+("stats",), ("day", reset), ("stop",).  Worker to supervisor: ("ready", generation),
+("prepared", generation), ("stats", dict), ("day", {"counters": dict, "sources": {kind: SourceSet
+JSON}}), ("notify", origin, serial), ("stopped", dict).
 """
 
 from __future__ import annotations
@@ -111,12 +111,13 @@ class DataPlane:
         for tlistener in self.tcp:
             await tlistener.stop()
 
-    def sources(self, reset: bool = False) -> dict[str, dict]:
-        """The distinct sources seen (SourceSet.to_json by kind; empty without counters);
-        ``reset``: start afresh (a new UTC day)."""
+    def day(self, reset: bool = False) -> dict[str, dict]:
+        """The day's traffic counters and distinct sources (SourceSet.to_json by kind), empty
+        without counters; ``reset``: a new UTC day starts now."""
         if self.traffic is None:
-            return {}
-        return {kind: sources.to_json() for kind, sources in self.traffic.sources(reset).items()}
+            return {"counters": {}, "sources": {}}
+        return {"counters": self.traffic.day(reset),
+                "sources": {kind: sources.to_json() for kind, sources in self.traffic.sources(reset).items()}}
 
     def counters(self) -> dict[str, int]:
         counters = self.stats.as_dict()
@@ -211,8 +212,8 @@ async def _serve(conn: Connection, settings: Settings, notify_networks: Mapping[
                 loop.call_soon(_settle_memory)
         elif kind == "stats":
             conn.send(("stats", plane.counters()))
-        elif kind == "sources":  # ("sources", reset): the distinct sources, for RSSAC002
-            conn.send(("sources", plane.sources(message[1])))
+        elif kind == "day":  # ("day", reset): the day's counts and sources, for RSSAC002
+            conn.send(("day", plane.day(message[1])))
         elif kind == "stop":
             stop.set()
 

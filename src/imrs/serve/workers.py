@@ -199,7 +199,7 @@ class WorkerPool:
                     pending[2].set_result(True)
         elif kind == "notify":
             self.on_notify(message[1], message[2])
-        elif kind in ("stats", "stopped", "sources"):
+        elif kind in ("stats", "stopped", "day"):
             self._resolve(slot, kind, message[1])
 
     def _on_exit(self, slot: _Slot) -> None:
@@ -282,19 +282,26 @@ class WorkerPool:
             await slot.send(("stats",))
         return _sum([r for r in await asyncio.gather(*waits) if isinstance(r, dict)], self.restarts)
 
-    async def sources(self, reset: bool = False, timeout: float = 5.0) -> dict[str, SourceSet]:
-        """The distinct query sources of all workers, merged by kind (RSSAC002's IPv4, IPv6 and
-        IPv6 /64), from those that answer within ``timeout``; ``reset``: each starts afresh."""
+    async def day(self, reset: bool = False, timeout: float = 5.0) -> tuple[dict[str, int], dict[str, SourceSet]]:
+        """The UTC day's traffic counters (summed) and distinct query sources (merged by kind:
+        RSSAC002's IPv4, IPv6 and IPv6 /64) of the workers that answer within ``timeout``;
+        ``reset``: the next day starts now in each.  A worker restarted during the day brings
+        only what it counted since."""
         live = [slot for slot in self.slots.values() if slot.state == "serving"]
         waits = []
         for slot in live:
-            waits.append(self._expect(slot, "sources", timeout))
-            await slot.send(("sources", reset))
-        merged: dict[str, SourceSet] = {}
+            waits.append(self._expect(slot, "day", timeout))
+            await slot.send(("day", reset))
+        counters: dict[str, int] = {}
+        sources: dict[str, SourceSet] = {}
         for reply in await asyncio.gather(*waits):
-            for kind, state in (reply or {}).items():
-                merged.setdefault(kind, SourceSet()).update(SourceSet.from_json(state))
-        return merged
+            if not isinstance(reply, dict):
+                continue
+            for key, value in reply["counters"].items():
+                counters[key] = counters.get(key, 0) + value
+            for kind, state in reply["sources"].items():
+                sources.setdefault(kind, SourceSet()).update(SourceSet.from_json(state))
+        return counters, sources
 
     async def stop(self) -> dict[str, int]:
         """Stop every worker (killing those that do not stop in time); their final counters."""

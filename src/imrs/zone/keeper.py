@@ -69,6 +69,10 @@ class ControlPlane:
             self._pool = None
 
 
+#: load times kept per zone (a day's worth of root zone serials many times over)
+LOAD_TIMES_KEPT = 200
+
+
 @dataclass
 class ZoneStatus:
     """What the operator can see about a kept zone (health, logs, telemetry)."""
@@ -87,6 +91,9 @@ class ZoneStatus:
     expire_at: float | None = None
     #: seconds from the trigger (NOTIFY or timer) to the new version being served
     last_load_seconds: float | None = None
+    #: (serial, when it was first served (UNIX time), seconds from the trigger to then) of the
+    #: latest versions that came in (not the saved copy at start): RSSAC002 load-time
+    load_times: list[tuple[int, float, float]] = field(default_factory=list)
     warnings: tuple[str, ...] = ()
 
 
@@ -245,6 +252,9 @@ class ZoneKeeper:
         await self.on_change(self, started)
         status.versions_published += 1
         status.last_load_seconds = time.monotonic() - started
+        if outcome.how != "saved":
+            status.load_times = [*status.load_times[-(LOAD_TIMES_KEPT - 1):],
+                                 (zone.serial, time.time(), status.last_load_seconds)]
         log.info("%s: serving serial %d from %s (%s; fetch %.2f s, verify %.2f s, served %.2f s after the trigger)%s",
                  status.origin, zone.serial, outcome.source or "saved copy", outcome.how,
                  outcome.fetch_seconds, outcome.verify_seconds, status.last_load_seconds,
