@@ -1,0 +1,103 @@
+"""RSSAC002 files written once a UTC day from the workers' counts (DailyReports)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+from imrs.telemetry.rssac002 import SourceSet, load_report
+from imrs.telemetry.rssac002_daily import DailyReports, day_bounds
+
+DAY = datetime.date(2026, 11, 30)
+START, END = day_bounds(DAY)
+
+
+class Clock:
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def counts() -> dict[str, int]:
+    return {"queries_udp_ipv4": 1000, "queries_tcp_ipv6": 7, "responses_udp_ipv4": 990, "responses_tcp_ipv6": 7,
+            "rcode_0": 600, "rcode_3": 397, "request_size_udp_32": 1000, "request_size_tcp_16": 7,
+            "response_size_udp_400": 990, "response_size_tcp_4096": 7}
+
+
+def sources(n: int) -> dict[str, SourceSet]:
+    v4 = SourceSet()
+    for i in range(n):
+        v4.add(bytes([192, 0, 2, i]))
+    return {"ipv4": v4, "ipv6": SourceSet(), "ipv6_aggregate": SourceSet()}
+
+
+def reports(directory) -> dict:
+    return {(r := load_report(p)).metric: r.values for p in directory.glob("*-20261130-*.yaml")}
+
+
+def test_flush_writes_the_day_and_a_restart_adds_to_it(tmp_path):
+    asked = []
+
+    async def day_source(reset: bool):
+        asked.append(reset)
+        return counts(), sources(10)
+
+    loads = [(2026082201, START + 3600, 1.4), (2026082200, START - 10, 99.0)]  # the second: the day before
+    reports_ = DailyReports(tmp_path, "x.root-servers.net", day_source, lambda: loads, clock=Clock(START + 7200))
+    paths = asyncio.run(reports_.flush())
+    assert len([p for p in paths if p.suffix == ".yaml"]) == 5
+    got = reports(tmp_path)
+    assert got["traffic-volume"]["dns-udp-queries-received-ipv4"] == 1000
+    assert got["traffic-volume"]["dns-tcp-responses-sent-ipv6"] == 7
+    assert got["rcode-volume"] == {0: 600, 3: 397}
+    assert got["traffic-sizes"]["udp-request-sizes"] == {"32-47": 1000}
+    assert got["traffic-sizes"]["tcp-response-sizes"] == {"4096-": 7}
+    assert got["unique-sources"]["num-sources-ipv4"] == 10
+    assert got["load-time"]["time"] == {2026082201: 1}
+    # the process restarts the same day: the new counts are added, the sources united
+    asyncio.run(DailyReports(tmp_path, "x.root-servers.net", day_source, lambda: loads,
+                             clock=Clock(START + 9000)).flush())
+    got = reports(tmp_path)
+    assert got["traffic-volume"]["dns-udp-queries-received-ipv4"] == 2000
+    assert got["unique-sources"]["num-sources-ipv4"] == 10
+    assert asked == [False, False]
+
+
+def test_midnight_rolls_the_day(tmp_path):
+    clock = Clock(END - 0.05)
+    asked = []
+
+    async def day_source(reset: bool):
+        asked.append(reset)
+        return counts(), sources(3)
+
+    reports_ = DailyReports(tmp_path, "x.root-servers.net", day_source, lambda: (), clock=clock)
+
+    async def one_roll():
+        task = asyncio.create_task(reports_.run())
+        await asyncio.sleep(0)
+        clock.t = END + 0.5  # midnight passes while it sleeps
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if asked:
+                break
+        task.cancel()
+
+    asyncio.run(one_roll())
+    assert asked == [True]
+    assert reports_.day == datetime.date(2026, 12, 1)
+    assert reports(tmp_path)["unique-sources"]["num-sources-ipv4"] == 3
+
+
+def test_an_unwritable_directory_is_logged_not_raised(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+
+    async def day_source(reset: bool):
+        return counts(), sources(1)
+
+    assert asyncio.run(DailyReports(blocker / "sub", "x.root-servers.net", day_source, lambda: (),
+                                    clock=Clock(START)).flush()) == []
+    assert "not written" in caplog.text
