@@ -101,3 +101,30 @@ def test_an_unwritable_directory_is_logged_not_raised(tmp_path, caplog):
     assert asyncio.run(DailyReports(blocker / "sub", "x.root-servers.net", day_source, lambda: (),
                                     clock=Clock(START)).flush()) == []
     assert "not written" in caplog.text
+
+
+def test_a_server_writes_the_day_so_far_when_it_stops(tmp_path):
+    """imrs with [rssac002] configured: after 30 UDP and 5 TCP queries from 127.0.0.1 and a
+    stop, today's five files are there with at least those queries, and one IPv4 source."""
+    from serverproc import ROOT_ZONE, ServerProc, query, tcp_ask, udp_ask
+
+    out = tmp_path / "rssac002"
+    srv = ServerProc(tmp_path, ["--zone", str(ROOT_ZONE), "--workers", "2"],
+                     config=f'[rssac002]\ndirectory = "{out}"\nservice = "x.root-servers.net"\n')
+    srv.start().wait_ready()
+    try:
+        for n in range(30):
+            assert udp_ask(srv.host, srv.port, query("com.", "NS", n)) is not None
+        for n in range(5):
+            assert tcp_ask(srv.host, srv.port, query("org.", "NS", 100 + n)) is not None
+    finally:
+        srv.stop()
+    today = datetime.datetime.now(datetime.UTC).date()
+    got = {(r := load_report(p)).metric: r for p in out.glob(f"x-root-{today:%Y%m%d}-*.yaml")}
+    assert set(got) == {"traffic-volume", "traffic-sizes", "rcode-volume", "unique-sources", "load-time"}
+    volume = got["traffic-volume"].values
+    assert volume["dns-udp-queries-received-ipv4"] >= 30 and volume["dns-tcp-queries-received-ipv4"] >= 5
+    assert volume["dns-udp-responses-sent-ipv4"] >= 30
+    assert got["unique-sources"].values["num-sources-ipv4"] == 1
+    assert got["traffic-volume"].service == "x.root-servers.net"
+    assert "RSSAC002 files for" in srv.stderr()

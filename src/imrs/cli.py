@@ -1,5 +1,5 @@
 """The `imrs` command: `imrs serve`, `imrs check-config`, `imrs zone ...`, `imrs selftest`,
-`imrs rssac002 merge|check`."""
+`imrs rssac002 merge|check`, `imrs drain`, `imrs stats`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="data-plane processes sharing the listeners (default: one per core; 0 = one per core)")
     serve.add_argument("--rrl-rate", metavar="N", type=int,
                        help="response rate limit: responses per second per client prefix and category (0 = off; default 200)")
+    serve.add_argument("--http", metavar="ADDR:PORT",
+                       help="serve /metrics (Prometheus), /health, /ready and /stats here, e.g. 127.0.0.1:8053 "
+                            "(off by default; 'off' disables a configured one)")
 
     check = sub.add_parser("check-config", help="check a configuration file and report every error with file, line and key")
     check.add_argument("file")
@@ -61,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_selftest_command(sub)  # `imrs selftest ADDR[:PORT] ...`
     add_rssac002_commands(sub)  # `imrs rssac002 merge|check ...`
+
+    from imrs.telemetry.stats_cli import add_telemetry_commands
+
+    add_telemetry_commands(sub)  # `imrs drain`, `imrs stats`
     return parser
 
 
@@ -79,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_config(args.config) if args.config else default_settings()
         settings = with_overrides(settings, listen=args.listen, zones=args.zone, primaries=args.primary,
                                   anchor=args.anchor, state_dir=args.state_dir, at=args.at,
-                                  workers=args.workers, rrl_rate=args.rrl_rate)
+                                  workers=args.workers, rrl_rate=args.rrl_rate, http=args.http)
     except ConfigError as exc:
         print(f"imrs: {exc}", file=sys.stderr)
         return 2
@@ -117,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         from imrs.telemetry.rssac002 import rssac002_main
 
         return rssac002_main(args)
+    if args.command in ("drain", "stats"):
+        from imrs.telemetry.stats_cli import telemetry_main
+
+        return telemetry_main(args)
     return 2
 
 

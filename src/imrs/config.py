@@ -15,6 +15,7 @@ The configuration file is TOML (parsed with the standard library's
     hide-version = false
     nsid = "l1.example"          # or hex: "0x6c312e6578616d706c65"
     log-level = "info"
+    http = "127.0.0.1:8053"      # /metrics, /health, /ready, /stats; off when absent
 
     [[zone]]
     file = "root.zone"           # relative to the configuration file's directory
@@ -68,6 +69,7 @@ __all__ = [
     "check_config_main",
     "default_settings",
     "load_config",
+    "parse_http",
     "parse_listen",
     "summarize",
     "with_overrides",
@@ -224,6 +226,17 @@ class CookieConfig:
     require: bool = False
 
 
+@dataclass(frozen=True)
+class Rssac002Config:
+    """RSSAC002 v5 daily files (written at each UTC midnight, and the day so far at a stop)."""
+
+    #: Where to write them; None = not written.
+    directory: str | None = None
+    #: The ``service`` they name (e.g. ``l.root-servers.net``); the file names' prefix comes
+    #: from it (``l-root``).  Default: the identity (host name).
+    service: str = ""
+
+
 def _default_identity() -> str:
     try:
         return socket.gethostname()
@@ -277,7 +290,10 @@ class Settings:
     #: Data-plane processes sharing the listeners; 0 = one per core.
     workers: int = 0
     rrl: RrlConfig = field(default_factory=RrlConfig)
+    rssac002: Rssac002Config = field(default_factory=Rssac002Config)
     cookies: CookieConfig = field(default_factory=CookieConfig)
+    #: Where the telemetry HTTP endpoint listens (/metrics, /health, /ready, /stats); None = off.
+    http: ListenAddress | None = None
 
     @property
     def worker_count(self) -> int:
@@ -426,6 +442,24 @@ def parse_listen(text: str) -> ListenAddress:
         ) from None
     port = _parse_port(port_text, text) if colon else DEFAULT_PORT
     return ListenAddress(str(ip4), port, socket.AF_INET)
+
+
+def parse_http(text: str) -> ListenAddress:
+    """Parse the telemetry HTTP address: ``"IPv4:PORT"`` or ``"[IPv6]:PORT"`` as for
+    :func:`parse_listen`, but the port is required (53 would be a DNS port, not a default for
+    HTTP).  Raises :class:`ValueError` with a human-readable message."""
+    address = parse_listen(text)
+    s = text.strip()
+    if not (s.rpartition("]")[2] if s.startswith("[") else s).count(":"):
+        raise ValueError(f"missing port in HTTP address {text!r}: write HOST:PORT, e.g. 127.0.0.1:8053 or [::1]:8053")
+    return address
+
+
+def _http_clash(http: ListenAddress, listen: Iterable[ListenAddress]) -> str | None:
+    """Why ``http`` cannot be used beside the DNS listeners (the same TCP socket), or None."""
+    if http in listen:
+        return f"HTTP address {http} is also a DNS listen address"
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -688,6 +722,7 @@ _SERVER_KEYS: tuple[str, ...] = (
     "nsid",
     "log-level",
     "state-dir",
+    "http",
 )
 _ZONE_KEYS: tuple[str, ...] = (
     "file",
@@ -712,7 +747,7 @@ _TSIG_KEYS: tuple[str, ...] = ("name", "algorithm", "secret")
 TSIG_ALGORITHMS: tuple[str, ...] = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha1", "hmac-sha224")
 ON_EXPIRY: tuple[str, ...] = ("refuse", "servfail", "drop")
 _SOURCE_SCHEMES: tuple[str, ...] = ("ixfr", "axfr", "http", "https", "file")
-_SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key", "rrl", "cookies")
+_SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key", "rrl", "cookies", "rssac002")
 _RRL_KEYS: tuple[str, ...] = ("rate", "slip", "ipv4-prefix-length", "ipv6-prefix-length", "exempt", "log-only", "table-size")
 _COOKIE_KEYS: tuple[str, ...] = ("enabled", "secret", "previous-secrets", "secret-file", "rotate-interval", "require")
 
@@ -1036,9 +1071,10 @@ class _Checker:
                 zones = self._zones(content)
                 if zones is not None:
                     values["zones"] = zones
-            elif section in ("rrl", "cookies"):
+            elif section in ("rrl", "cookies", "rssac002"):
                 if isinstance(content, dict):
-                    converted = self._rrl(content) if section == "rrl" else self._cookies(content)
+                    converted = (self._rrl(content) if section == "rrl" else self._cookies(content) if section == "cookies"
+                                 else self._rssac002(content))
                     if converted is not None:
                         values[section] = converted
                 else:
@@ -1053,6 +1089,10 @@ class _Checker:
                 kind = "section" if isinstance(content, (dict, list)) else "top-level key"
                 self.add(path, f"unknown {kind}{_suggest(section, _SECTIONS)}")
         self._check_key_names(values)
+        if "http" in values:
+            clash = _http_clash(values["http"], values.get("listen", DEFAULT_LISTEN))
+            if clash:
+                self.add(("server", "http"), clash)
         if self.issues:
             raise ConfigError.from_issues(sorted(self.issues, key=lambda i: i.line or 0))
         return Settings(**values)
@@ -1147,6 +1187,13 @@ class _Checker:
         })
         return RrlConfig(**fields) if fields is not None else None
 
+    def _rssac002(self, table: Mapping[str, Any]) -> Rssac002Config | None:
+        fields = self._table("rssac002", table, {
+            "directory": ("directory", self._directory),
+            "service": ("service", _want_txt),
+        })
+        return Rssac002Config(**fields) if fields is not None else None
+
     def _cookies(self, table: Mapping[str, Any]) -> CookieConfig | None:
         fields = self._table("cookies", table, {
             "enabled": ("enabled", _want_bool),
@@ -1199,6 +1246,10 @@ class _Checker:
                 listen = self._listen(value)
                 if listen is not None:
                     values["listen"] = listen
+            elif key == "http":
+                http = self._http(value)
+                if http is not None:
+                    values["http"] = http
             elif key in simple:
                 attr, convert = simple[key]
                 try:
@@ -1207,6 +1258,17 @@ class _Checker:
                     self.add(path, str(exc))
             else:
                 self.add(path, f"unknown key{_suggest(key, _SERVER_KEYS)}")
+
+    def _http(self, value: object) -> ListenAddress | None:
+        path: _Path = ("server", "http")
+        if not isinstance(value, str):
+            self.add(path, f"expected a \"HOST:PORT\" string, got {_type_name(value)} {_show(value)}")
+            return None
+        try:
+            return parse_http(value)
+        except ValueError as exc:
+            self.add(path, str(exc))
+            return None
 
     def _listen(self, value: object) -> tuple[ListenAddress, ...] | None:
         path: _Path = ("server", "listen")
@@ -1396,10 +1458,12 @@ def with_overrides(
     at: str | None = None,
     workers: int | None = None,
     rrl_rate: int | None = None,
+    http: str | None = None,
 ) -> Settings:
     """Apply command-line overrides: ``listen`` (``--listen``) replaces all
     listeners, ``zones`` (``--zone``) replaces all zones.  ``None`` keeps the
-    current value.  Strings are parsed with :func:`parse_listen`; zone paths
+    current value.  ``http`` (``--http``) sets the telemetry endpoint, ``"off"`` removes a
+    configured one.  Strings are parsed with :func:`parse_listen`; zone paths
     are resolved relative to the current directory and must exist (their
     origin comes from the file).  Raises :class:`ConfigError` with file
     ``"<command line>"`` and key ``--listen`` / ``--zone``.
@@ -1488,6 +1552,19 @@ def with_overrides(
         if not 0 <= rrl_rate <= 10**7:
             fail("--rrl-rate", f"must be between 0 (off) and 10000000, got {rrl_rate}")
         changes["rrl"] = dataclasses.replace(settings.rrl, rate=rrl_rate)
+    if http is not None:
+        if http.strip().lower() == "off":
+            changes["http"] = None
+        else:
+            try:
+                address = parse_http(http)
+            except ValueError as exc:
+                fail("--http", str(exc))
+            else:
+                clash = _http_clash(address, changes.get("listen", settings.listen))
+                if clash:
+                    fail("--http", clash)
+                changes["http"] = address
 
     if issues:
         raise ConfigError.from_issues(issues)
@@ -1514,7 +1591,8 @@ def summarize(settings: Settings) -> str:
         zones = ", ".join(_zone_summary(z) for z in settings.zones)
     else:
         zones = "embedded root zone"
-    return f"listen {listen}; zones: {zones}"
+    telemetry = f"; http {settings.http}" if settings.http is not None else ""
+    return f"listen {listen}; zones: {zones}{telemetry}"
 
 
 def check_config_main(

@@ -16,13 +16,24 @@ import logging
 import os
 import signal
 import socket
+import time
 
 import dns.tsig
 
+from imrs import __version__
 from imrs.config import RFC8806, ListenAddress, Settings, ZoneConfig, parse_listen
-from imrs.serve.publish import Publisher
+from imrs.serve.publish import Publication, Publisher
 from imrs.serve.workers import WorkerPool
 from imrs.serve.xfrout import TransferPolicy, make_policy, parse_rule
+from imrs.telemetry.http import TelemetryServer
+from imrs.telemetry.rssac002_daily import DailyReports
+from imrs.telemetry.snapshot import (
+    Telemetry,
+    TelemetryUnavailable,
+    VersionFacts,
+    ZoneTelemetry,
+    version_facts,
+)
 from imrs.zone.keeper import ControlPlane, ZoneKeeper
 from imrs.zone.parse import EMBEDDED_ROOT, load_zone_records
 from imrs.zone.records import ZoneRecords, name_from_text
@@ -186,6 +197,15 @@ class Supervisor:
         self.policy = policy
         self.addresses: list[ListenAddress] = []
         self.pool: WorkerPool | None = None
+        #: Drained (imrs drain): /ready fails so traffic is steered away; queries are still answered.
+        self.draining = False
+        self.started = time.time()
+        self._started_mono = time.monotonic()
+        #: origin -> (records, facts) of what the workers serve now (facts computed once per version)
+        self._served: dict[bytes, tuple[ZoneRecords, VersionFacts]] = {}
+        #: one counters request to the workers at a time: concurrent ones would steal each other's answers
+        self._counters: asyncio.Future[dict[str, int]] | None = None
+        self._http: TelemetryServer | None = None
 
     def _sockets(self) -> list[socket.socket]:
         made: list[socket.socket] = []
@@ -197,6 +217,113 @@ class Supervisor:
                 sock.close()
             raise OSError(f"cannot bind {self.addresses}") from None
         return made
+
+    # -- telemetry ------------------------------------------------------------------------
+    def set_draining(self, draining: bool) -> None:
+        """Drain (or stop draining): only readiness changes, answering goes on."""
+        if draining and not self.draining:
+            log.warning("draining: /ready fails from now on; queries are still answered")
+        elif self.draining and not draining:
+            log.warning("drain ended: /ready follows the zones and workers again")
+        self.draining = draining
+
+    async def _note_published(self, publication: Publication) -> None:
+        """The workers serve ``publication`` now: remember which versions, since when, and
+        what their records say (once per version)."""
+        now = time.time()
+        served = {}
+        for _token, version in publication.zones:
+            records = version.records
+            known = self._served.get(records.origin)
+            if known is not None and known[0] is records:
+                served[records.origin] = known
+            else:
+                served[records.origin] = (records, await asyncio.to_thread(version_facts, records, now))
+        self._served = served
+
+    async def _publish(self, publication: Publication) -> None:
+        """The publisher's sink: the workers switch, then the versions are noted as served."""
+        assert self.pool is not None
+        await self.pool.publish(publication)
+        await self._note_published(publication)
+
+    async def counters(self) -> dict[str, int]:
+        """The workers' counters summed; callers at the same moment share one request.
+        TelemetryUnavailable when a worker's pipe fails twice (it is dying: asked again once
+        the pool has noticed)."""
+        if self.pool is None:
+            return {}
+        for attempt in (1, 2):
+            if self._counters is None or self._counters.done():
+                self._counters = asyncio.ensure_future(self.pool.counters())
+            try:
+                return dict(await asyncio.shield(self._counters))
+            except (OSError, EOFError, ValueError) as exc:
+                if attempt == 2:
+                    raise TelemetryUnavailable(f"cannot read the workers' counters: {exc!r}") from None
+                await asyncio.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def _zones(self) -> list[ZoneTelemetry]:
+        """Every configured zone as the workers serve it now (a kept zone's newer version counts
+        once the workers have switched to it)."""
+        zones = []
+        configs = [z for z in self.settings.zones if not z.managed] or [ZoneConfig()]
+        for records, config in zip(self.publisher.static, configs, strict=False):
+            served = self._served.get(records.origin)
+            zones.append(ZoneTelemetry(
+                name=records.origin_text, kind="static", served=served is not None, state="static",
+                serial=records.serial, facts=served[1] if served else None, dnssec=anchor_spec(config) != "none"))
+        for keeper in self.publisher.keepers:
+            status = keeper.status
+            served = self._served.get(keeper.origin)
+            zones.append(ZoneTelemetry(
+                name=status.origin, kind="kept", served=served is not None, state=status.state,
+                serial=served[0].serial if served else status.serial, facts=served[1] if served else None,
+                dnssec=keeper.job.anchor != "none",
+                expire_at=status.expire_at, last_check=status.last_check, last_success=status.last_success,
+                last_error=status.last_error, failed_check=status.failed_check, source=status.source,
+                checks=status.checks, failures=dict(status.failures), versions_published=status.versions_published,
+                last_load_seconds=status.last_load_seconds))
+        return zones
+
+    async def telemetry(self, counters: bool = True) -> Telemetry:
+        """What /metrics, /health, /ready and /stats show; ``counters`` asks the workers too."""
+        pool = self.pool
+        summed = await self.counters() if counters else {}
+        live = sum(1 for slot in pool.slots.values() if slot.state == "serving") if pool is not None else 0
+        return Telemetry(
+            time=time.time(), pid=os.getpid(), version=__version__, started=self.started,
+            uptime=time.monotonic() - self._started_mono, draining=self.draining,
+            listeners=tuple(str(a) for a in self.addresses), workers_configured=self.settings.worker_count,
+            workers_live=live, worker_restarts=pool.restarts if pool is not None else 0,
+            zones=tuple(self._zones()), counters=summed)
+
+    def _daily_reports(self) -> DailyReports | None:
+        """The RSSAC002 writer, when a directory is configured."""
+        config = self.settings.rssac002
+        if config.directory is None or self.pool is None:
+            return None
+        keepers = self.publisher.keepers
+        return DailyReports(config.directory, config.service or self.settings.identity, self.pool.day,
+                            lambda: [entry for keeper in keepers for entry in keeper.status.load_times])
+
+    async def _start_http(self) -> TelemetryServer | None:
+        address = self.settings.http
+        if address is None:
+            return None
+        server = TelemetryServer(address, self.telemetry, self.set_draining)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen for HTTP on {address}: {exc.strerror or exc}") from None
+        log.info("telemetry on http://%s/ (/metrics, /health, /ready, /stats)", address)
+        return server
+
+    async def _stop_http(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     def _notify(self, origin: bytes, serial: int | None) -> None:
         for keeper in self.publisher.keepers:
@@ -212,32 +339,48 @@ class Supervisor:
             except (NotImplementedError, RuntimeError):
                 pass
         self.addresses = usable_addresses(self.settings)
+        self._http = await self._start_http()  # early: /health answers, /ready says why not yet
+        try:
+            await self._serve(loop, stop)
+        finally:
+            await self._stop_http()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         keepers = self.publisher.keepers
         networks = {k.origin: _primary_networks(k.config) for k in keepers}
         count = self.settings.worker_count
         # one master for every worker (and their replacements): cookies made by one are valid at all
         cookie_master = os.urandom(32)
         self.pool = WorkerPool(count, self._sockets, (self.settings, networks, self.policy, cookie_master), self._notify)
-        self.publisher.sink = self.pool.publish
+        self.publisher.sink = self._publish
+        first = self.publisher.publication()
         try:
-            await self.pool.start(self.publisher.publication())
+            await self.pool.start(first)
         except RuntimeError as exc:
             await self.pool.stop()
             raise StartupError(str(exc)) from None
+        await self._note_published(first)
         for address in self.addresses:
             log.info("listening on %s (UDP and TCP) with %d worker(s)", address, count)
         log.info("serving %s", self.publisher.latest.describe() if self.publisher.latest else "no zone")
         if keepers:
             await self.publisher.republish()  # kept zones not loaded yet answer per on-expiry
         tasks = [loop.create_task(keeper.run(), name=f"keeper {keeper.status.origin}") for keeper in keepers]
+        reports = self._daily_reports()
+        reporting = loop.create_task(reports.run(), name="rssac002") if reports is not None else None
         try:
             await _wait_for_stop(stop, tasks)
         finally:
             log.info("stopping")
+            await self._stop_http()  # no scrape may ask workers that are stopping
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if reporting is not None and reports is not None:
+                reporting.cancel()
+                await asyncio.gather(reporting, return_exceptions=True)
+                await reports.flush()  # the day so far: the next start adds to it
             self.control.shutdown()
             counters = await self.pool.stop()
             log.info("stopped: %s", counters)
