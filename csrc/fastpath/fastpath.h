@@ -31,6 +31,11 @@ PyObject *fast_answer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 #define RRL_SLIP 2
 typedef struct RrlGate RrlGate;
 extern PyTypeObject RrlGateType;
+/* Reading a response's wire as rrl.py does (every read checked; -1: malformed): the offset
+ * after the name at o, after the owner of the record at o, after count records from o. */
+Py_ssize_t wire_skip_name(const unsigned char *r, Py_ssize_t len, Py_ssize_t o);
+Py_ssize_t wire_owner_end(const unsigned char *r, Py_ssize_t len, Py_ssize_t o);
+Py_ssize_t wire_skip_records(const unsigned char *r, Py_ssize_t len, Py_ssize_t o, int count);
 /* SipHash-2-4 of in[:len] under the key k0, k1 (little-endian halves), as an integer. */
 uint64_t imrs_siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len);
 /* The verdict for `response` to `peer` (4 or 16 octets); -1 with an exception set. */

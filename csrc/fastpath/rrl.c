@@ -238,8 +238,8 @@ imrs_siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len)
  * (-1: "IndexError", the response is malformed, category error). */
 #define RD(o) ((o) < len ? (int)r[o] : -1)
 
-static Py_ssize_t
-skip_name(const unsigned char *r, Py_ssize_t len, Py_ssize_t o)
+Py_ssize_t
+wire_skip_name(const unsigned char *r, Py_ssize_t len, Py_ssize_t o)
 {
     int n = RD(o);
     while (n) {
@@ -288,20 +288,20 @@ read_name_lower(const unsigned char *r, Py_ssize_t len, Py_ssize_t o, unsigned c
 }
 
 /* The end of the owner name of the record at o, as _owner_of_first / _skip_records step. */
-static Py_ssize_t
-owner_end(const unsigned char *r, Py_ssize_t len, Py_ssize_t o)
+Py_ssize_t
+wire_owner_end(const unsigned char *r, Py_ssize_t len, Py_ssize_t o)
 {
     int b = RD(o);
     if (b < 0)
         return -1;
-    return b >= 0xC0 ? o + 2 : b == 0 ? o + 1 : skip_name(r, len, o);
+    return b >= 0xC0 ? o + 2 : b == 0 ? o + 1 : wire_skip_name(r, len, o);
 }
 
-static Py_ssize_t
-skip_records(const unsigned char *r, Py_ssize_t len, Py_ssize_t o, int count)
+Py_ssize_t
+wire_skip_records(const unsigned char *r, Py_ssize_t len, Py_ssize_t o, int count)
 {
     for (int i = 0; i < count; i++) {
-        Py_ssize_t e = owner_end(r, len, o);
+        Py_ssize_t e = wire_owner_end(r, len, o);
         if (e < 0 || RD(e + 9) < 0)
             return -1;
         o = e + 10 + ((r[e + 8] << 8) | r[e + 9]);
@@ -315,7 +315,7 @@ static Py_ssize_t
 owner_of_first(const unsigned char *r, Py_ssize_t len, Py_ssize_t o, int count, int type, unsigned char *out)
 {
     for (int i = 0; i < count; i++) {
-        Py_ssize_t e = owner_end(r, len, o);
+        Py_ssize_t e = wire_owner_end(r, len, o);
         if (e < 0 || RD(e + 1) < 0)
             return -1;
         if (r[e + 1] == type && r[e] == 0) {
@@ -362,7 +362,7 @@ classify_wire(const unsigned char *r, Py_ssize_t len, unsigned char *name, Py_ss
                 return CAT_ERROR; /* longer than a name can be (the name buffer's size) */
         }
         else {
-            o = skip_name(r, len, 12);
+            o = wire_skip_name(r, len, 12);
             if (o < 0)
                 return CAT_ERROR;
             o += 4;
@@ -371,7 +371,7 @@ classify_wire(const unsigned char *r, Py_ssize_t len, unsigned char *name, Py_ss
     else {
         o = 12;
         for (int i = 0; i < qd; i++) {
-            o = skip_name(r, len, o);
+            o = wire_skip_name(r, len, o);
             if (o < 0)
                 return CAT_ERROR;
             o += 4;
@@ -381,7 +381,7 @@ classify_wire(const unsigned char *r, Py_ssize_t len, unsigned char *name, Py_ss
         return CAT_ERROR;
     Py_ssize_t got;
     if (rcode) {
-        Py_ssize_t at = an ? skip_records(r, len, o, an) : o;
+        Py_ssize_t at = an ? wire_skip_records(r, len, o, an) : o;
         got = at < 0 ? -1 : owner_of_first(r, len, at, ns, 6, name);
         if (got < 0)
             return CAT_ERROR;

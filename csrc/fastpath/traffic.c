@@ -71,23 +71,8 @@ traffic_query(uint64_t *v, const unsigned char *w, Py_ssize_t n, int tcp, int ip
     }
 }
 
-/* rrl.py's _skip_name and _last_opt, and the walk of traffic.py full_rcode; -1: not found */
+/* rrl.py's _last_opt and the walk of traffic.py full_rcode; -1: not found */
 #define RD(o) ((o) < len ? (int)r[o] : -1)
-
-static Py_ssize_t
-skip_name_at(const unsigned char *r, Py_ssize_t len, Py_ssize_t o)
-{
-    int n = RD(o);
-    while (n) {
-        if (n < 0)
-            return -1;
-        if (n >= 0xC0)
-            return o + 2;
-        o += n + 1;
-        n = RD(o);
-    }
-    return o + 1;
-}
 
 static Py_ssize_t
 last_opt(const unsigned char *r, Py_ssize_t len, Py_ssize_t after)
@@ -120,31 +105,19 @@ full_rcode(const unsigned char *r, Py_ssize_t len)
         return rcode;
     Py_ssize_t o = 12;
     for (int i = 0; i < ((r[4] << 8) | r[5]); i++) {
-        o = skip_name_at(r, len, o);
+        o = wire_skip_name(r, len, o);
         if (o < 0)
             return rcode;
         o += 4;
     }
     Py_ssize_t start = last_opt(r, len, o);
-    if (start < 0) {
-        int records = ((r[6] << 8) | r[7]) + ((r[8] << 8) | r[9]);
-        for (int i = 0; i < records; i++) { /* rrl.py _skip_records */
-            int b = RD(o);
-            if (b < 0)
-                return rcode;
-            Py_ssize_t e = b >= 0xC0 ? o + 2 : b == 0 ? o + 1 : skip_name_at(r, len, o);
-            if (e < 0 || RD(e + 9) < 0)
-                return rcode;
-            o = e + 10 + ((r[e + 8] << 8) | r[e + 9]);
-        }
-        for (int i = 0; i < ((r[10] << 8) | r[11]); i++) {
-            int b = RD(o);
-            if (b < 0)
-                return rcode;
-            Py_ssize_t e = b >= 0xC0 ? o + 2 : b == 0 ? o + 1 : skip_name_at(r, len, o);
+    if (start < 0) { /* walk the records to the OPT */
+        o = wire_skip_records(r, len, o, ((r[6] << 8) | r[7]) + ((r[8] << 8) | r[9]));
+        for (int i = 0; o >= 0 && i < ((r[10] << 8) | r[11]); i++) {
+            Py_ssize_t e = wire_owner_end(r, len, o);
             if (e < 0 || RD(e + 1) < 0)
                 return rcode;
-            if (b == 0 && r[e] == 0 && r[e + 1] == 41) {
+            if (r[o] == 0 && r[e] == 0 && r[e + 1] == 41) {
                 start = o;
                 break;
             }
