@@ -696,3 +696,54 @@ def test_varint(n):
     value = sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(encoded))
     assert value == n
     assert all(byte & 0x80 for byte in encoded[:-1]) and not encoded[-1] & 0x80
+
+
+# -- from a running server ---------------------------------------------------------------------
+
+
+def test_a_server_logs_its_queries_and_responses(tools, tmp_path):
+    """imrs with [dnstap] to a file and 2 workers: after UDP and TCP queries and a stop, the
+    workers' files (PATH.0, PATH.1) read with dnstap-ldns hold every query and its response,
+    with the client's port; sampling is off (1)."""
+    from serverproc import ROOT_ZONE, ServerProc, query, tcp_ask, udp_ask
+
+    out = tmp_path / "imrs.dnstap"
+    srv = ServerProc(tmp_path, ["--zone", str(ROOT_ZONE), "--workers", "2"],
+                     config=f'[dnstap]\ndestination = "{out}"\nidentity = "test-node"\n')
+    srv.start().wait_ready()
+    names = [f"dnstap-{n}.example." for n in range(12)]
+    try:
+        for n, name in enumerate(names[:10]):
+            assert udp_ask(srv.host, srv.port, query(name, "A", n)) is not None
+        for n, name in enumerate(names[10:]):
+            assert tcp_ask(srv.host, srv.port, query(name, "AAAA", 50 + n)) is not None
+    finally:
+        srv.stop()
+    files = sorted(tmp_path.glob("imrs.dnstap.*"))
+    assert [f.name for f in files] == ["imrs.dnstap.0", "imrs.dnstap.1"]
+    docs = [doc for f in files for doc in read_yaml(f)]
+    assert all(doc["identity"] == "test-node" for doc in docs)
+    by_name: dict[str, set[str]] = {}
+    for doc in docs:
+        message = doc["message"]
+        wire = message.get("query_message") or message.get("response_message") or ""
+        for name in names:
+            if name in wire:
+                by_name.setdefault(name, set()).add(message["type"])
+                assert message["query_port"] > 0
+    assert all(by_name.get(name) == {"AUTH_QUERY", "AUTH_RESPONSE"} for name in names), by_name
+
+
+def test_the_configuration_file_reports_dnstap_errors_with_line(tmp_path):
+    from imrs.config import ConfigError, load_config
+
+    good = tmp_path / "good.toml"
+    good.write_text(f'[dnstap]\ndestination = "{tmp_path / "q.dnstap"}"\nsample-rate = 5\n')
+    settings = load_config(str(good))
+    assert settings.dnstap.enabled and settings.dnstap.sample_rate == 5
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nworkers = 1\n\n[dnstap]\ndestination = ""\nsample-rate = 0\ncolour = "red"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(bad))
+    text = str(caught.value)
+    assert "dnstap.sample-rate" in text and "dnstap.colour" in text and ":6:" in text

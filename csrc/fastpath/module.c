@@ -6,7 +6,7 @@ static PyMethodDef methods[] = {
      "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None,\n"
      "          sources=None)\n"
      "    -> (received, sent, errors)\n\n"
-     "recvmmsg, the C answer and RRL gate or handler(wire, peer) per datagram, sendmmsg;\n"
+     "recvmmsg, the C answer and RRL gate or handler(wire, peer, port) per datagram, sendmmsg;\n"
      "until the socket is empty."},
     {"slip", (PyCFunction)(void (*)(void))slip_method, METH_FASTCALL,
      "slip(response, has_opt) -> bytes | None\n\n"

@@ -2,6 +2,7 @@
 #include "fastpath.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -151,8 +152,8 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  *     RrlGate) is set, the gate decides, and only a response it limits goes to Python:
  *     limited(verdict, wire, peer, response) gives what to send instead (bytes or None).  A
  *     query answered under the rate never enters Python;
- *   - otherwise handler(wire: bytes, peer: bytes) gives the response bytes or None (peer: the
- *     packed source address, 4 or 16 octets); it must not try the C answer again.
+ *   - otherwise handler(wire: bytes, peer: bytes, port: int) gives the response bytes or None
+ *     (peer: the packed source address, 4 or 16 octets); it must not try the C answer again.
  * With `traffic` (TrafficCounters.values, serve/traffic.py) every datagram, every response
  * handed to sendmmsg and each batch's time from receipt to sending are counted, and with
  * `sources` (a SourceCounter) every datagram's source address (traffic.c).
@@ -307,12 +308,14 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             else {
                 PyObject *wire = PyBytes_FromStringAndSize(recv_iov[i].iov_base, recv_msgs[i].msg_len);
                 PyObject *peer = PyBytes_FromStringAndSize(addr, alen);
-                if (wire != NULL && peer != NULL) {
-                    PyObject *call_args[2] = {wire, peer};
-                    response = PyObject_Vectorcall(handler, call_args, 2, NULL);
+                PyObject *port = PyLong_FromLong(ntohs(ipv6 ? names[i].sin6_port : ((struct sockaddr_in *)&names[i])->sin_port));
+                if (wire != NULL && peer != NULL && port != NULL) {
+                    PyObject *call_args[3] = {wire, peer, port};
+                    response = PyObject_Vectorcall(handler, call_args, 3, NULL);
                 }
                 Py_XDECREF(wire);
                 Py_XDECREF(peer);
+                Py_XDECREF(port);
             }
             if (response == NULL) {
                 PyErr_Clear();

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from imrs import __version__
+from imrs.telemetry.dnstap import DnstapConfig
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -291,6 +292,7 @@ class Settings:
     workers: int = 0
     rrl: RrlConfig = field(default_factory=RrlConfig)
     rssac002: Rssac002Config = field(default_factory=Rssac002Config)
+    dnstap: DnstapConfig = field(default_factory=DnstapConfig)
     cookies: CookieConfig = field(default_factory=CookieConfig)
     #: Where the telemetry HTTP endpoint listens (/metrics, /health, /ready, /stats); None = off.
     http: ListenAddress | None = None
@@ -471,7 +473,7 @@ _Path = tuple[str | int, ...]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR = re.compile(r"[^,\]}#\r\n]*")
-_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.S)
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.DOTALL)
 _SIMPLE_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 
 
@@ -747,7 +749,7 @@ _TSIG_KEYS: tuple[str, ...] = ("name", "algorithm", "secret")
 TSIG_ALGORITHMS: tuple[str, ...] = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha1", "hmac-sha224")
 ON_EXPIRY: tuple[str, ...] = ("refuse", "servfail", "drop")
 _SOURCE_SCHEMES: tuple[str, ...] = ("ixfr", "axfr", "http", "https", "file")
-_SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key", "rrl", "cookies", "rssac002")
+_SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key", "rrl", "cookies", "rssac002", "dnstap")
 _RRL_KEYS: tuple[str, ...] = ("rate", "slip", "ipv4-prefix-length", "ipv6-prefix-length", "exempt", "log-only", "table-size")
 _COOKIE_KEYS: tuple[str, ...] = ("enabled", "secret", "previous-secrets", "secret-file", "rotate-interval", "require")
 
@@ -895,7 +897,7 @@ def _want_origin(value: object) -> str:
         raise _Invalid(f"zone name {_show(name)} must be ASCII (use the xn-- form of IDNs)")
     if any(c.isspace() for c in name):
         raise _Invalid(f"zone name {_show(name)} contains whitespace")
-    relative = name[:-1] if name.endswith(".") else name
+    relative = name.removesuffix(".")
     labels = relative.split(".")
     if any(not label for label in labels):
         raise _Invalid(f"zone name {_show(name)} has an empty label")
@@ -1079,6 +1081,16 @@ class _Checker:
                         values[section] = converted
                 else:
                     self.add(path, f"expected a table ([{section}]), got {_type_name(content)}")
+            elif section == "dnstap":
+                if isinstance(content, dict):
+                    try:
+                        values["dnstap"] = DnstapConfig.from_table(
+                            content, self.file, base_dir=self.base_dir,
+                            line_for=self.locator.line_for if self.locator is not None else None)
+                    except ConfigError as exc:
+                        self.issues.extend(exc.errors)
+                else:
+                    self.add(path, f"expected a table ([dnstap]), got {_type_name(content)}")
             elif section == "tsig-key":
                 keys = self._tsig_keys(content)
                 if keys is not None:
@@ -1539,7 +1551,7 @@ def with_overrides(
         changes["state_dir"] = path
     if at is not None:
         try:
-            moment = datetime.datetime.strptime(at, "%Y%m%d%H%M%S").replace(tzinfo=datetime.timezone.utc)
+            moment = datetime.datetime.strptime(at, "%Y%m%d%H%M%S").replace(tzinfo=datetime.UTC)
             changes["validation_time"] = moment.timestamp()
         except ValueError:
             fail("--at", f"expected YYYYMMDDHHMMSS (UTC), got {at!r}")

@@ -42,6 +42,7 @@ from imrs.serve.snapshot import SnapshotHolder
 from imrs.serve.traffic import TrafficCounters
 from imrs.serve.udp import ServeStats
 from imrs.serve.xfrout import TransferPolicy, answer_transfer, transfer_qtype
+from imrs.telemetry.dnstap import DnstapWriter
 
 try:
     import resource
@@ -147,9 +148,11 @@ class TcpListener:
         transfer_policy: TransferPolicy | None = None,
         notify: NotifyReceiver | None = None,
         traffic: TrafficCounters | None = None,
+        tap: DnstapWriter | None = None,
     ):
         self.sock = sock
         self.traffic = traffic  # the worker's traffic counters (None: not kept)
+        self.tap = tap  # dnstap (None: off)
         self.holder = holder
         self.stats = stats
         self.idle_timeout = idle_timeout
@@ -346,6 +349,10 @@ class TcpListener:
             peer_packed = socket.inet_pton(self.sock.family, peer_address.split("%")[0])
         except (OSError, ValueError):
             peer_packed = None
+        peer_name = writer.get_extra_info("peername")
+        peer_port = peer_name[1] if isinstance(peer_name, tuple) and len(peer_name) > 1 else 0
+        local_name = writer.get_extra_info("sockname")
+        local_port = local_name[1] if isinstance(local_name, tuple) and len(local_name) > 1 else 0
         while True:
             now = loop.time()
             deadline = now + self.idle_timeout
@@ -387,6 +394,9 @@ class TcpListener:
             except Exception:  # noqa: BLE001 - a bug must cost this connection, not the server
                 self._internal_error()
                 return
+            if self.tap is not None and peer_packed is not None:
+                self.tap.log_exchange(wire, responses[0] if responses else None, peer_packed, peer_port, tcp=True,
+                                      local_port=local_port)
             for response in responses:
                 if traffic is not None:
                     traffic.response(response, True, self.ipv6)

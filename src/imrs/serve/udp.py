@@ -20,6 +20,7 @@ from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.rrl import SEND, SLIP, RateLimiter, slip_response
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
 from imrs.serve.traffic import TrafficCounters
+from imrs.telemetry.dnstap import DnstapWriter
 
 log = logging.getLogger("imrs.udp")
 
@@ -37,8 +38,14 @@ class UdpListener:
     def __init__(self, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
                  notify: NotifyReceiver | None = None, rrl: RateLimiter | None = None,
                  cookie_check: Callable[[bytes, bytes], bool] | None = None,
-                 traffic: TrafficCounters | None = None):
+                 traffic: TrafficCounters | None = None, tap: DnstapWriter | None = None):
         self.sock = sock
+        #: dnstap (telemetry/dnstap.py): every query and response logged, sampled as configured;
+        #: it takes the Python handler for every datagram (the C loop still receives and sends)
+        self.tap = tap
+        host, port = sock.getsockname()[:2]
+        wildcard = host in ("0.0.0.0", "::")
+        self._local = (b"" if wildcard else socket.inet_pton(sock.family, host.split("%")[0]), port)
         #: the worker's traffic counters (queries, responses, sizes, rcodes...); None: not kept
         self.traffic = traffic
         self.notify = notify
@@ -73,8 +80,8 @@ class UdpListener:
     def counters(self) -> dict[str, int]:
         return {"rrl_exempt_cookie": self.rrl_exempt_cookie} if self.rrl is not None else {}
 
-    def _handler(self, snapshot: Snapshot, c_tried: bool = False) -> Callable[[bytes, bytes], bytes | None]:
-        """``handle(wire, peer)``: the response to send for one datagram (None: nothing), from
+    def _handler(self, snapshot: Snapshot, c_tried: bool = False) -> Callable[[bytes, bytes, int], bytes | None]:
+        """``handle(wire, peer, port)``: the response to send for one datagram (None: nothing), from
         `snapshot`, rate limiting applied; it never raises.  One per drain, so the per-packet
         work finds everything in local variables; every loop below uses it.  ``c_tried``: the
         caller (the C loop) ran the C answer first, and comes here only when it declined."""
@@ -90,8 +97,10 @@ class UdpListener:
         else:
             answer = snapshot.answer
         limited = self._limited
+        tap = self.tap
+        local, local_port = self._local
 
-        def handle(wire: bytes, peer: bytes) -> bytes | None:
+        def handle(wire: bytes, peer: bytes, port: int) -> bytes | None:
             try:
                 response = None
                 if notify is not None and is_notify(wire):
@@ -105,6 +114,8 @@ class UdpListener:
                     verdict = decide(peer, wire, response)
                     if verdict != SEND:
                         response = limited(verdict, wire, peer, response)
+                if tap is not None:
+                    tap.log_exchange(wire, response, peer, port, local=local, local_port=local_port)
                 return response
             except Exception:  # noqa: BLE001 - a bug must not stop the server: count it, log it, go on
                 self._internal_error()
@@ -143,7 +154,7 @@ class UdpListener:
                 if traffic is not None:
                     traffic.query(wire, False, ipv6)
                     traffic.source(peer)
-                response = handle(wire, peer)
+                response = handle(wire, peer, addr[1])
                 if response is not None:
                     if traffic is not None:
                         traffic.response(response, False, ipv6)
@@ -166,8 +177,8 @@ class UdpListener:
         gate = self.rrl.gate if self.rrl is not None else None
         traffic = self.traffic.values if self.traffic is not None else None
         sources = self.traffic.c_sources if self.traffic is not None else None
-        if compiled is None or (self.rrl is not None and gate is None):
-            # no C answer for this snapshot, or a Python decider: all through the handler
+        if compiled is None or (self.rrl is not None and gate is None) or self.tap is not None:
+            # no C answer for this snapshot, a Python decider, or dnstap: all through the handler
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot), self.ipv6, BATCH,
                                                None, None, None, traffic, sources)
         else:
@@ -201,7 +212,7 @@ class UdpListener:
                 if traffic is not None:
                     traffic.query(wire, False, self.ipv6)
                     traffic.source(peer)
-                response = handle(wire, peer)
+                response = handle(wire, peer, int.from_bytes(names[i * step + 2 : i * step + 4], "big"))
                 if response is not None and traffic is not None:
                     traffic.response(response, False, self.ipv6)
                 responses.append(response)

@@ -39,6 +39,7 @@ from imrs.serve.tcp import TcpListener
 from imrs.serve.traffic import TrafficCounters
 from imrs.serve.udp import ServeStats, UdpListener
 from imrs.serve.xfrout import TransferPolicy
+from imrs.telemetry.dnstap import DnstapWriter
 
 log = logging.getLogger("imrs.worker")
 
@@ -58,7 +59,7 @@ def answer_options(settings: Settings) -> AnswerOptions:
 
 def tcp_listener(settings: Settings, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
                  policy: TransferPolicy, notify: NotifyReceiver | None,
-                 traffic: TrafficCounters | None = None) -> TcpListener:
+                 traffic: TrafficCounters | None = None, tap: DnstapWriter | None = None) -> TcpListener:
     return TcpListener(
         sock, holder, stats,
         idle_timeout=settings.tcp_idle_timeout,
@@ -69,6 +70,7 @@ def tcp_listener(settings: Settings, sock: socket.socket, holder: SnapshotHolder
         transfer_policy=policy,
         notify=notify,
         traffic=traffic,
+        tap=tap,
     )
 
 
@@ -76,7 +78,7 @@ class DataPlane:
     """The listeners of one worker and the snapshot they answer from."""
 
     def __init__(self, settings: Settings, snapshot: Snapshot, transfer_policy: TransferPolicy, notify: NotifyReceiver | None,
-                 cookie_check: Callable[[bytes, bytes], bool] | None = None):
+                 cookie_check: Callable[[bytes, bytes], bool] | None = None, index: int = 0):
         self.settings = settings
         self.holder = SnapshotHolder(snapshot)
         self.stats = ServeStats()
@@ -87,20 +89,25 @@ class DataPlane:
         self.cookie_check = cookie_check
         #: one table for all of the worker's UDP sockets (memory is fixed by its size)
         self.rrl = RateLimiter(settings.rrl) if settings.rrl.enabled else None
+        #: dnstap, one writer per worker (a file each, or a connection each to the socket)
+        self.tap = (DnstapWriter.from_config(settings.dnstap, index, settings.worker_count)
+                    if settings.dnstap.enabled else None)
         self.udp: list[UdpListener] = []
         self.tcp: list[TcpListener] = []
 
     async def start(self, sockets: Sequence[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
+        if self.tap is not None:
+            self.tap.start()
         for sock in sockets:
             if sock.type == socket.SOCK_DGRAM:
                 listener = UdpListener(sock, self.holder, self.stats, self.notify, self.rrl, self.cookie_check,
-                                       self.traffic)
+                                       self.traffic, self.tap)
                 listener.start(loop)
                 self.udp.append(listener)
             else:
                 tlistener = tcp_listener(self.settings, sock, self.holder, self.stats, self.transfer_policy, self.notify,
-                                         self.traffic)
+                                         self.traffic, self.tap)
                 await tlistener.start()
                 self.tcp.append(tlistener)
 
@@ -110,6 +117,8 @@ class DataPlane:
             listener.stop(loop)
         for tlistener in self.tcp:
             await tlistener.stop()
+        if self.tap is not None:
+            await asyncio.to_thread(self.tap.close)  # flushes, and ends the stream (STOP)
 
     def day(self, reset: bool = False) -> dict[str, dict]:
         """The day's traffic counters and distinct sources (SourceSet.to_json by kind), empty
@@ -123,6 +132,8 @@ class DataPlane:
         counters = self.stats.as_dict()
         if self.traffic is not None:
             counters.update(self.traffic.as_dict())
+        if self.tap is not None:
+            counters.update({f"dnstap_{key}": value for key, value in self.tap.counters().items()})
         if self.rrl is not None:
             counters.update({f"rrl_{key}": value for key, value in self.rrl.stats.as_dict().items()})
         for listener in self.udp:
@@ -141,7 +152,7 @@ def main(conn: Connection, index: int, settings: Settings, notify_networks: Mapp
         stream=sys.stderr,
     )
     try:
-        asyncio.run(_serve(conn, settings, notify_networks, transfer_policy, cookie_master))
+        asyncio.run(_serve(conn, settings, notify_networks, transfer_policy, cookie_master, index))
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the supervisor went away: nothing to answer for
     finally:
@@ -149,7 +160,7 @@ def main(conn: Connection, index: int, settings: Settings, notify_networks: Mapp
 
 
 async def _serve(conn: Connection, settings: Settings, notify_networks: Mapping[bytes, Networks],
-                 transfer_policy: TransferPolicy, cookie_master: bytes) -> None:
+                 transfer_policy: TransferPolicy, cookie_master: bytes, index: int = 0) -> None:
     loop = asyncio.get_running_loop()
     # Every worker gets the same master secret, so they all accept each other's cookies.
     cookies = make_cookie_jar(settings.cookies, cookie_master)
@@ -172,7 +183,7 @@ async def _serve(conn: Connection, settings: Settings, notify_networks: Mapping[
             return lambda serial: conn.send(("notify", origin, serial))
         notify = NotifyReceiver({origin: (nets, forward(origin)) for origin, nets in notify_networks.items()})
     plane = DataPlane(settings, snapshot, transfer_policy, notify,
-                      cookies.valid_server_cookie if cookies is not None else None)
+                      cookies.valid_server_cookie if cookies is not None else None, index)
     sockets = [socket.socket(fileno=recv_handle(conn)) for _ in range(count)]
     for sock in sockets:
         sock.setblocking(False)
