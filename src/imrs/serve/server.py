@@ -25,6 +25,7 @@ from imrs.config import RFC8806, ListenAddress, Settings, ZoneConfig, parse_list
 from imrs.serve.publish import Publication, Publisher
 from imrs.serve.workers import WorkerPool
 from imrs.serve.xfrout import TransferPolicy, make_policy, parse_rule
+from imrs.telemetry.history import DEFAULT_INTERVAL, History
 from imrs.telemetry.http import TelemetryServer
 from imrs.telemetry.rssac002_daily import DailyReports
 from imrs.telemetry.snapshot import (
@@ -206,6 +207,8 @@ class Supervisor:
         #: one counters request to the workers at a time: concurrent ones would steal each other's answers
         self._counters: asyncio.Future[dict[str, int]] | None = None
         self._http: TelemetryServer | None = None
+        #: the dashboard's sampler, running while the HTTP endpoint does
+        self._history_task: asyncio.Task | None = None
 
     def _sockets(self) -> list[socket.socket]:
         made: list[socket.socket] = []
@@ -312,15 +315,21 @@ class Supervisor:
         address = self.settings.http
         if address is None:
             return None
-        server = TelemetryServer(address, self.telemetry, self.set_draining)
+        history = History(self.telemetry, _dashboard_interval())
+        server = TelemetryServer(address, self.telemetry, self.set_draining, history, self.settings.identity)
         try:
             await server.start()
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {address}: {exc.strerror or exc}") from None
-        log.info("telemetry on http://%s/ (/metrics, /health, /ready, /stats)", address)
+        self._history_task = asyncio.get_running_loop().create_task(history.run(), name="dashboard history")
+        log.info("telemetry on http://%s/ (dashboard; /metrics, /health, /ready, /stats)", address)
         return server
 
     async def _stop_http(self) -> None:
+        if self._history_task is not None:
+            self._history_task.cancel()
+            await asyncio.gather(self._history_task, return_exceptions=True)
+            self._history_task = None
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -384,6 +393,17 @@ class Supervisor:
             self.control.shutdown()
             counters = await self.pool.stop()
             log.info("stopped: %s", counters)
+
+
+def _dashboard_interval() -> float:
+    """Seconds between the dashboard's samples: 10, or ``IMRS_DASHBOARD_INTERVAL`` (meant for
+    tests, which cannot wait 10 s per sample)."""
+    text = os.environ.get("IMRS_DASHBOARD_INTERVAL", "")
+    try:
+        value = float(text) if text else DEFAULT_INTERVAL
+    except ValueError:
+        value = DEFAULT_INTERVAL
+    return value if 0.1 <= value <= 3600 else DEFAULT_INTERVAL
 
 
 async def _wait_for_stop(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None:

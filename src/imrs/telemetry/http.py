@@ -3,6 +3,8 @@
 =================  ======  ==================================================================
 path               method  answer
 =================  ======  ==================================================================
+``/``              GET     the dashboard: one HTML page (:mod:`imrs.telemetry.dashboard`)
+``/history``       GET     what the dashboard draws, as JSON (:mod:`imrs.telemetry.history`)
 ``/metrics``       GET     Prometheus text format (:mod:`imrs.telemetry.metrics`)
 ``/health``        GET     200 and JSON while the supervisor runs (alive)
 ``/ready``         GET     200 when every zone is served, a worker serves and not draining,
@@ -30,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from imrs.config import ListenAddress
+from imrs.telemetry.dashboard import page
+from imrs.telemetry.history import History, dashboard_json
 from imrs.telemetry.metrics import CONTENT_TYPE, render
 from imrs.telemetry.snapshot import Telemetry, TelemetryUnavailable
 
@@ -50,7 +54,7 @@ LINGER = (65536, 1.0)
 #: (counters wanted) -> a snapshot of the server.
 Snapshotter = Callable[[bool], Awaitable[Telemetry]]
 
-_GET_PATHS = ("/", "/metrics", "/health", "/ready", "/stats")
+_GET_PATHS = ("/", "/history", "/metrics", "/health", "/ready", "/stats")
 _POST_PATHS = ("/drain", "/undrain")
 _JSON = "application/json"
 
@@ -65,10 +69,15 @@ class _BadRequest(Exception):
 class TelemetryServer:
     """Serves the endpoints above on ``address`` from the running event loop."""
 
-    def __init__(self, address: ListenAddress, snapshot: Snapshotter, set_draining: Callable[[bool], None]):
+    def __init__(self, address: ListenAddress, snapshot: Snapshotter, set_draining: Callable[[bool], None],
+                 history: History | None = None, instance: str = ""):
         self.address = address
         self.snapshot = snapshot
         self.set_draining = set_draining
+        #: the rates the dashboard draws (None: the page shows only the latest snapshot)
+        self.history = history
+        #: the name the dashboard shows (the server's identity)
+        self.instance = instance
         self._server: asyncio.Server | None = None
         self._busy = 0
 
@@ -146,9 +155,11 @@ class TelemetryServer:
             return HTTPStatus.OK, _JSON, _json(telemetry.ready_json())
         if method not in ("GET", "HEAD"):
             raise _BadRequest(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes GET")
-        if path == "/":
-            return HTTPStatus.OK, "text/plain; charset=utf-8", (
-                b"imrs telemetry: /metrics /health /ready /stats; POST /drain /undrain\n")
+        if path in ("/", "/history"):
+            data = dashboard_json(await self.snapshot(True), self.history, self.instance)
+            if path == "/history":
+                return HTTPStatus.OK, _JSON, _json(data)
+            return HTTPStatus.OK, "text/html; charset=utf-8", page(data)
         if path == "/metrics":
             telemetry = await self.snapshot(True)
             return HTTPStatus.OK, CONTENT_TYPE, render(telemetry)
