@@ -60,14 +60,12 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import contextlib
 import datetime
 import ipaddress
 import json
 import math
 import os
 import re
-import secrets
 import struct
 import sys
 import zlib
@@ -77,6 +75,8 @@ from pathlib import Path
 from typing import Any, Literal, Self, TypeAlias
 
 from siphash24 import siphash24
+
+from imrs.zone.store import write_atomically
 
 VERSION = "rssac002v5"
 METRICS: tuple[str, ...] = ("traffic-volume", "traffic-sizes", "rcode-volume", "unique-sources", "load-time")
@@ -597,31 +597,6 @@ def render_report(metric: Metric, service: str, day: datetime.date, body: Body, 
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Same directory, so the rename is atomic; readers see the old file or the whole new one.
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be synced
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def sketch_path(unique_sources_yaml: str | os.PathLike[str]) -> Path:
     """Where the sketch of a ``unique-sources`` file is kept: same name, ``.sketch``."""
     return Path(unique_sources_yaml).with_suffix(SKETCH_SUFFIX)
@@ -678,14 +653,13 @@ def write_day(
         if metric == "unique-sources":
             if sketch:
                 state = json.dumps(sketch_document(service, day, counters), indent=1) + "\n"
-                _write_atomic(sketch_path(path), state.encode())
+                write_atomically(str(sketch_path(path)), state.encode(), mode=0o640)  # hashes of sources
                 written.append(sketch_path(path))
             if annotate:
                 comments = _unique_sources_note(counters, sketch_path(path).name if sketch else None)
         text = render_report(metric, service, day, metric_body(metric, counters), comments)
-        _write_atomic(path, text.encode())
+        write_atomically(str(path), text.encode(), mode=0o644)  # published reports
         written.append(path)
-    _fsync_directory(out)
     return written
 
 
