@@ -18,6 +18,17 @@
 #include <stdint.h>
 #include <string.h>
 
+/* answer/query.py read_name: the offset after the uncompressed question name at offset 12 of
+ * w[:n] (at most 255 octets, no compression), -1 if there is none such.  (udp.c) */
+Py_ssize_t query_name_end(const unsigned char *w, Py_ssize_t n);
+
+/* Is this 16-octet address IPv4-mapped (::ffff:a.b.c.d)?  Such a source counts as IPv4. */
+static inline int
+ipv4_mapped(const unsigned char *addr)
+{
+    return memcmp(addr, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0;
+}
+
 /* answer.c */
 int answer_init(void);
 /* The response to the query wire[:n] (a new reference), Py_None (a new reference) when the

@@ -484,7 +484,7 @@ gate_account(RrlGate *g, const unsigned char *peer, Py_ssize_t alen, PyObject *p
     /* the key's input: family, masked address, category, qtype + 1 (3 octets), name */
     unsigned char data[1 + 16 + 1 + 3 + 256];
     size_t at;
-    if (alen == 4 || memcmp(peer, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+    if (alen == 4 || ipv4_mapped(peer)) {
         const unsigned char *v4 = peer + (alen - 4);
         uint32_t a = ((uint32_t)v4[0] << 24) | ((uint32_t)v4[1] << 16) | ((uint32_t)v4[2] << 8) | v4[3];
         uint32_t masked = g->sh4 >= 32 ? 0 : (a >> g->sh4) << g->sh4;
@@ -593,7 +593,7 @@ gate_decide(RrlGate *g, const unsigned char *peer, Py_ssize_t alen, PyObject *pe
         Py_DECREF(r);
     }
     uint64_t key;
-    if (alen == 4 || (alen == 16 && memcmp(peer, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0)) {
+    if (alen == 4 || (alen == 16 && ipv4_mapped(peer))) {
         const unsigned char *v4 = peer + (alen - 4); /* IPv4-mapped: counted as IPv4 */
         uint64_t a = ((uint64_t)v4[0] << 24) | ((uint64_t)v4[1] << 16) | ((uint64_t)v4[2] << 8) | v4[3];
         if (g->n4 && is_exempt(g->ex4, g->n4, a, 32)) {

@@ -31,22 +31,8 @@ question_of(const unsigned char *w, Py_ssize_t n, unsigned *qtype, int *edns)
 {
     if (n < 12 || !(w[4] || w[5]))
         return 0;
-    Py_ssize_t pos = 12;
-    for (;;) {
-        if (pos >= n)
-            return 0;
-        unsigned length = w[pos];
-        if (length == 0) {
-            pos++;
-            break;
-        }
-        if (length & 0xC0)
-            return 0;
-        pos += length + 1;
-        if (pos - 12 >= 255)
-            return 0;
-    }
-    if (pos - 12 > 255 || pos + 4 > n)
+    Py_ssize_t pos = query_name_end(w, n);
+    if (pos < 0 || pos + 4 > n)
         return 0;
     *qtype = (w[pos] << 8) | w[pos + 1];
     pos += 4;
@@ -231,7 +217,7 @@ sources_add(Sources *s, uint64_t h, Py_ssize_t threshold)
 void
 sources_count(SourceCounter *c, const unsigned char *addr, int alen)
 {
-    if (alen == 16 && memcmp(addr, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+    if (alen == 16 && ipv4_mapped(addr)) {
         addr += 12;
         alen = 4;
     }

@@ -55,6 +55,26 @@ slip_wire(PyObject *response, int has_opt)
 #define EARLY_REPLY 2
 #define MAX_NAME_WIRE 255
 
+Py_ssize_t
+query_name_end(const unsigned char *w, Py_ssize_t n)
+{
+    Py_ssize_t pos = 12;
+    for (;;) {
+        if (pos >= n)
+            return -1;
+        unsigned int length = w[pos];
+        if (length == 0)
+            break;
+        if (length & 0xC0)
+            return -1; /* a compression pointer or an unknown label type */
+        pos += length + 1;
+        if (pos - 12 >= MAX_NAME_WIRE)
+            return -1;
+    }
+    pos++;
+    return pos - 12 > MAX_NAME_WIRE ? -1 : pos;
+}
+
 static PyObject *
 header_only(const unsigned char *q, unsigned char flags_high, unsigned char flags_low)
 {
@@ -88,22 +108,8 @@ early_reply(const unsigned char *q, Py_ssize_t len, PyObject **response)
         *response = header_only(q, formerr_high, 1);
         return EARLY_REPLY;
     }
-    Py_ssize_t pos = 12; /* query.py read_name */
-    for (;;) {
-        if (pos >= len)
-            goto formerr;
-        unsigned int length = q[pos];
-        if (length == 0) {
-            pos++;
-            break;
-        }
-        if (length & 0xC0)
-            goto formerr;
-        pos += length + 1;
-        if (pos - 12 >= MAX_NAME_WIRE)
-            goto formerr;
-    }
-    if (pos - 12 > MAX_NAME_WIRE || pos + 4 > len)
+    Py_ssize_t pos = query_name_end(q, len);
+    if (pos < 0 || pos + 4 > len)
         goto formerr;
     int qd = (q[4] << 8) | q[5], an = (q[6] << 8) | q[7], ns = (q[8] << 8) | q[9], ar = (q[10] << 8) | q[11];
     if (qd != 1) {

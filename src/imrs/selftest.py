@@ -641,25 +641,25 @@ def check_apex_soa(reference: Reference, probe: Probe, msg: dns.message.Message)
     return reasons
 
 
-def check_apex_ns(reference: Reference, probe: Probe, msg: dns.message.Message) -> list[str]:
-    """RSSAC047 [amj]: AA; the signed apex NS RRset in the answer; authority empty."""
+def _signed_answer(msg: dns.message.Message, owner: dns.name.Name, rdtype: int, empty: tuple[str, ...]) -> list[str]:
+    """AA; the signed ``owner``/``rdtype`` RRset in the answer; the ``empty`` sections empty."""
     reasons: list[str] = []
     if _require_rcode(msg, dns.rcode.NOERROR, reasons):
         _require_aa(msg, True, reasons)
-        _require_signed(msg, "answer", reference.origin, TYPE_NS, reasons)
-        _require_empty(msg, "authority", reasons)
+        _require_signed(msg, "answer", owner, rdtype, reasons)
+        for section in empty:
+            _require_empty(msg, section, reasons)
     return reasons
+
+
+def check_apex_ns(reference: Reference, probe: Probe, msg: dns.message.Message) -> list[str]:
+    """RSSAC047 [amj]: AA; the signed apex NS RRset in the answer; authority empty."""
+    return _signed_answer(msg, reference.origin, TYPE_NS, ("authority",))
 
 
 def check_apex_dnskey(reference: Reference, probe: Probe, msg: dns.message.Message) -> list[str]:
     """RSSAC047 [djd]: AA; the signed DNSKEY RRset in the answer; authority and additional empty."""
-    reasons: list[str] = []
-    if _require_rcode(msg, dns.rcode.NOERROR, reasons):
-        _require_aa(msg, True, reasons)
-        _require_signed(msg, "answer", reference.origin, TYPE_DNSKEY, reasons)
-        _require_empty(msg, "authority", reasons)
-        _require_empty(msg, "additional", reasons)
-    return reasons
+    return _signed_answer(msg, reference.origin, TYPE_DNSKEY, ("authority", "additional"))
 
 
 def check_referral(reference: Reference, probe: Probe, msg: dns.message.Message) -> list[str]:
@@ -694,13 +694,7 @@ def check_referral(reference: Reference, probe: Probe, msg: dns.message.Message)
 
 def check_ds(reference: Reference, probe: Probe, msg: dns.message.Message) -> list[str]:
     """RSSAC047 [dru]: AA; the signed DS RRset in the answer; authority and additional empty."""
-    reasons: list[str] = []
-    if _require_rcode(msg, dns.rcode.NOERROR, reasons):
-        _require_aa(msg, True, reasons)
-        _require_signed(msg, "answer", probe.qname, TYPE_DS, reasons)
-        _require_empty(msg, "authority", reasons)
-        _require_empty(msg, "additional", reasons)
-    return reasons
+    return _signed_answer(msg, probe.qname, TYPE_DS, ("authority", "additional"))
 
 
 def check_no_ds(reference: Reference, probe: Probe, msg: dns.message.Message) -> list[str]:

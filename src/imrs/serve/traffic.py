@@ -37,6 +37,7 @@ import struct
 from array import array
 
 from imrs.answer import fastc
+from imrs.answer.query import read_name
 from imrs.serve.rrl import _last_opt, _skip_name, _skip_records
 from imrs.telemetry.rssac002 import DEFAULT_EXACT_THRESHOLD, DayCounters, SourceSet
 
@@ -63,8 +64,6 @@ REQUEST_SIZE = TRUNCATED + 1  # [transport * REQUEST_BINS + bin]
 RESPONSE_SIZE = REQUEST_SIZE + 2 * REQUEST_BINS  # [transport * RESPONSE_BINS + bin]
 LATENCY = RESPONSE_SIZE + 2 * RESPONSE_BINS  # [transport * 10 + bucket]
 SIZE = LATENCY + 2 * (len(LATENCY_BOUNDS_US) + 1)
-
-_MAX_NAME_WIRE = 255
 
 
 def _names() -> list[str]:
@@ -192,20 +191,11 @@ def question_of(wire: bytes) -> tuple[int, int] | None:
     n = len(wire)
     if n < 12 or not (wire[4] or wire[5]):
         return None
-    pos = 12
-    while True:  # answer/query.py read_name
-        if pos >= n:
-            return None
-        length = wire[pos]
-        if length == 0:
-            pos += 1
-            break
-        if length & 0xC0:
-            return None
-        pos += length + 1
-        if pos - 12 >= _MAX_NAME_WIRE:
-            return None
-    if pos - 12 > _MAX_NAME_WIRE or pos + 4 > n:
+    try:
+        pos = read_name(wire, 12)
+    except ValueError:
+        return None
+    if pos + 4 > n:
         return None
     qtype = (wire[pos] << 8) | wire[pos + 1]
     pos += 4
