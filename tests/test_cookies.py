@@ -26,6 +26,7 @@ import pytest
 from imrs.answer.cookies import (
     COOKIE_ECHO,
     COOKIE_INVALID,
+    COOKIE_RESULTS,
     COOKIE_VALID,
     CookieJar,
     find_edns_option,
@@ -448,3 +449,39 @@ def test_cookie_takes_its_room_in_udp_responses(snap, jar):
                 if len(plain) + 28 <= payload:  # room for it all: the same records
                     assert dns.message.from_wire(plain).sections[1:3] == response.sections[1:3]
                     assert len(out) == len(plain) + 28
+
+
+@pytest.mark.parametrize("answer", ["snapshot", "reference"])
+def test_each_cookie_query_is_counted_once_by_its_result(zone, answer):
+    """The jar counts what became of each query with a COOKIE option, once, whichever path
+    answers it (the fast path asks the jar only once it answers, never before falling back)."""
+    jar = CookieJar(CookieConfig(secret=SECRET_A), os.urandom(16), clock=Clock(T0))
+    snap = build_snapshot([zone], AnswerOptions(tcp_keepalive=100), cookies=jar)
+    respond = snap.answer if answer == "snapshot" else snap.reference.respond
+    invalid = bytearray(_issued(jar, T0))
+    invalid[-1] ^= 1
+
+    def counted(options, tcp=False, name="com.", rdtype="NS") -> dict[str, int]:
+        before = list(jar.counts)
+        out = respond(_query(name, rdtype, options=options), tcp, False, PEER)
+        assert out is not None
+        return {result: after - was for result, was, after in zip(COOKIE_RESULTS, before, jar.counts) if after != was}
+
+    assert counted([_cookie(CLIENT)]) == {"client_only": 1}
+    assert counted([_cookie(CLIENT)], name="nosuchtld.", rdtype="A") == {"client_only": 1}
+    assert counted([_cookie(_issued(jar, T0 - 60))]) == {"valid": 1}
+    assert counted([_cookie(_issued(jar, T0 - 60))], tcp=True) == {"valid": 1}  # echoed from the jar's memory
+    assert counted([_cookie(_issued(jar, T0 - 2000))], name=".", rdtype="DNSKEY") == {"valid": 1}  # renewed
+    assert counted([_cookie(bytes(invalid))]) == {"invalid": 1}
+    assert counted([_cookie(_issued(jar, T0 - 4000))]) == {"invalid": 1}  # too old
+    assert counted([_cookie(CLIENT + bytes(9))]) == {"invalid": 1}  # not our shape
+    assert counted([_cookie(CLIENT[:5])]) == {"malformed": 1}
+    assert counted([_cookie(bytes(41))], tcp=True) == {"malformed": 1}
+    assert counted([]) == {}
+    # FORMERR for a keepalive TIMEOUT: the cookie is not looked at
+    assert counted([_cookie(CLIENT), dns.edns.GenericOption(KEEPALIVE, b"\x00\x05")], tcp=True) == {}
+    jar.require = True
+    assert counted([_cookie(CLIENT)]) == {"client_only": 1, "badcookie": 1}
+    assert counted([_cookie(bytes(invalid))]) == {"invalid": 1, "badcookie": 1}
+    assert counted([_cookie(CLIENT)], tcp=True) == {"client_only": 1}  # never required over TCP
+    assert counted([_cookie(_issued(jar, T0))]) == {"valid": 1}

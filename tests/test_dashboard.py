@@ -25,7 +25,7 @@ from peers import proc
 from serverproc import ServerProc, query, root_subset, tcp_ask
 
 ROOT_SERIAL = 2026082201
-CHARTS = ("chart-rcode", "chart-junk", "chart-rrl", "chart-qtypes", "chart-transport", "chart-sizes")
+CHARTS = ("chart-rcode", "chart-junk", "chart-rrl", "chart-tlds", "chart-qtypes", "chart-transport", "chart-sizes")
 
 
 def chromium() -> str:
@@ -134,6 +134,10 @@ def check_page(binary: str, port: int, tmp_path: Path, seconds: int) -> None:
     assert history["totals"]["rcode_NXDOMAIN"] > 0 and 0 < history["junk"] < 1
     assert history["transport"]["tcp_ipv4"] >= 2
     assert history["rrl"]["limited"] > 0, history["rrl"]  # one address over 50/s: the rate limiter acted
+    tlds = dict(history["tlds"])
+    assert history["tlds"][0][0] == "com", history["tlds"]  # the bursts of com. NS
+    assert {"net", "org", ".", "nope", "localdomain"} <= tlds.keys(), tlds
+    assert sum(tlds.values()) <= history["tld_queries"]
 
     url = f"http://127.0.0.1:{port}/"
     dom = run_chromium(binary, url, "--dump-dom").stdout
@@ -145,6 +149,8 @@ def check_page(binary: str, port: int, tmp_path: Path, seconds: int) -> None:
     qps = re.search(r'id="qps">([\d.]+)k? q/s<', dom)
     assert qps is not None and float(qps[1]) > 0, dom[:3000]
     assert "<polygon" in dom and "<rect" in dom  # areas and bars were drawn
+    tld_chart = re.search(r'<svg id="chart-tlds".*?</svg>', dom, re.DOTALL)
+    assert tld_chart is not None and ">com</text>" in tld_chart[0], dom[:3000]
 
     shot = tmp_path / "dashboard.png"
     run_chromium(binary, url, f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars")

@@ -33,7 +33,8 @@ test_junk_flood_legit_share
     workers (neither pinned: each one's second process shares core 1 with the load) get the
     same packets in 4-second segments that take turns (two rounds, the second in reverse
     order, so that the VM's drift hits all alike; the client asks during the middle 3 s of
-    each).  Two regimes:
+    each).  When the top-rate regime misses by more than the tolerance, two more rounds of it
+    are measured and decided on together with the first two.  Two regimes:
       max    the generator's highest rate.  It outruns a server core: the kernel drops what
              the server cannot read from its socket buffer without regard to who sent it,
              and NSD keeps 30-60 % here, not the 98-100 % the issue expected.  imrs must keep
@@ -287,12 +288,56 @@ def _share(segments: list[dict], port: int) -> tuple[float, int, int]:
     return (answered / sent if sent else 0.0), answered, sent
 
 
+def _run_flood(plan: list[tuple[str, int]], port_of: dict[str, int]) -> tuple[dict, dict]:
+    """The flood and the legitimate client over the plan's segments ((server, rate), rate 0:
+    the generator's highest); their results."""
+    schedule = ",".join(f"{port_of[n]}:{rate}:{SEGMENT_SECONDS}" for n, rate in plan)
+    start_at = time.time() + 2.0  # both generators prebuild their packets meanwhile
+    gens = [Gen("flood", schedule=schedule, gap=1.0, sources=FLOOD_SOURCES, pool=16384, cpu=GEN_CPU,
+                start_at=start_at),
+            Gen("legit", schedule=schedule, gap=1.0, rate=LEGIT_RATE, cpu=GEN_CPU, source=LEGIT_UDP,
+                start_at=start_at, margin=0.5, deadline=1.0)]
+    try:
+        budget = len(plan) * (SEGMENT_SECONDS + 1.0) + 30
+        f, leg = (g.result(budget) for g in gens)
+    finally:
+        for g in gens:
+            g.kill()
+    assert f["spoofed"], "the flood could not spoof sources"
+    return f, leg
+
+
+def _share_table(fsegs: list[dict], lsegs: list[dict], port_of: dict[str, int]) -> dict[str, dict]:
+    """Per server: the legitimate client's share over these segments, and the flood's rate."""
+    table = {}
+    for name, port in port_of.items():
+        share, answered, sent = _share(lsegs, port)
+        mine = [s for s in fsegs if s["port"] == port]
+        rate = round(sum(s["sent"] for s in mine) / sum(s["seconds"] for s in mine))
+        table[name] = {"share": round(share, 4), "answered": answered, "sent": sent, "flood_rate": rate,
+                       "segments": len(mine), "late": sum(s["late"] for s in lsegs if s["port"] == port),
+                       "tc": sum(s["tc"] for s in lsegs if s["port"] == port)}
+    return table
+
+
+def _share_failures(regime: str, table: dict[str, dict]) -> list[str]:
+    """Like for like (1 and 2 processes): imrs's share against NSD's, and the floor."""
+    failures = []
+    for name, reference in (("imrs1", "nsd"), ("imrs2", "nsd2")):
+        ref = table[reference]["share"]
+        got = table[name]["share"]
+        if got < ref - SHARE_TOLERANCE:
+            failures.append(f"{regime}: {name} keeps {got:.4f}, {reference} {ref:.4f} (tolerance {SHARE_TOLERANCE})")
+        if (regime == "floor" or ref >= NSD_KEEPS) and got < SHARE_FLOOR:
+            failures.append(f"{regime}: {name} keeps {got:.4f} < {SHARE_FLOOR}")
+    return failures
+
+
 def test_junk_flood_legit_share(tmp_path, results):
     _need_root()
     one = _imrs(tmp_path / "imrs1", workers=1, name="imrs1")
     two = _imrs(tmp_path / "imrs2", workers=2, name="imrs2")
     stoppable = [two, one]
-    gens: list[Gen] = []
     try:
         for s in (one, two):
             s.start()  # they load while NSD does
@@ -309,64 +354,50 @@ def test_junk_flood_legit_share(tmp_path, results):
         port_of = {name: s.port for name, s in servers.items()}
         name_of = {port: name for name, port in port_of.items()}
         order = list(servers)
-        plan = ([(n, 0) for n in order] + [(n, 0) for n in reversed(order)]  # regime "max", two rounds
-                + [(n, FLOOR_RATE) for n in order])  # regime "floor"
-        schedule = ",".join(f"{port_of[n]}:{rate}:{SEGMENT_SECONDS}" for n, rate in plan)
+        max_plan = [(n, 0) for n in order] + [(n, 0) for n in reversed(order)]  # two rounds
+        floor_plan = [(n, FLOOR_RATE) for n in order]
         drops0 = {n: udp_port_drops(p) for n, p in port_of.items()}
-        start_at = time.time() + 2.0  # both generators prebuild their packets meanwhile
-        gens.append(Gen("flood", schedule=schedule, gap=1.0, sources=FLOOD_SOURCES, pool=16384, cpu=GEN_CPU,
-                        start_at=start_at))
-        gens.append(Gen("legit", schedule=schedule, gap=1.0, rate=LEGIT_RATE, cpu=GEN_CPU, source=LEGIT_UDP,
-                        start_at=start_at, margin=0.5, deadline=1.0))
-        budget = len(plan) * (SEGMENT_SECONDS + 1.0) + 30
-        f, leg = (g.result(budget) for g in gens)
+        f, leg = _run_flood(max_plan + floor_plan, port_of)
+        split = len(max_plan)
+        segments = {"max": (f["segments"][:split], leg["segments"][:split]),
+                    "floor": (f["segments"][split:], leg["segments"][split:])}
+        table = {regime: _share_table(*segs, port_of) for regime, segs in segments.items()}
+        failures = {regime: _share_failures(regime, t) for regime, t in table.items()}
+        extended = bool(failures["max"]) and not failures["floor"]
+        if extended:
+            # At the top rate one 4-second segment's share moves by about +-0.1 whoever serves
+            # (the generator's own rate differs by segment), so two rounds can miss by chance:
+            # two more are measured and the decision is made on all four rounds together.
+            print("\ntwo rounds inconclusive:\n" + "\n".join(failures["max"]) + "\nmeasuring two more")
+            f2, leg2 = _run_flood(max_plan, port_of)
+            segments["max"] = (segments["max"][0] + f2["segments"], segments["max"][1] + leg2["segments"])
+            table["max"] = _share_table(*segments["max"], port_of)
+            failures["max"] = _share_failures("max", table["max"])
         drops = {n: udp_port_drops(p) - drops0[n] for n, p in port_of.items()}
         for s in servers.values():
             _still_answers(s)
     finally:
-        for g in gens:
-            g.kill()
         _stop_all(stoppable)
-    assert f["spoofed"], "the flood could not spoof sources"
-    table = {}
-    rounds = len(servers)
-    for regime, segs in (("max", slice(0, 2 * rounds)), ("floor", slice(2 * rounds, 3 * rounds))):
-        fsegs, lsegs = f["segments"][segs], leg["segments"][segs]
-        for name, port in port_of.items():
-            share, answered, sent = _share(lsegs, port)
-            mine = [s for s in fsegs if s["port"] == port]
-            rate = round(sum(s["sent"] for s in mine) / sum(s["seconds"] for s in mine))
-            table[(regime, name)] = {"share": round(share, 4), "answered": answered, "sent": sent,
-                                     "flood_rate": rate, "late": sum(s["late"] for s in lsegs if s["port"] == port),
-                                     "tc": sum(s["tc"] for s in lsegs if s["port"] == port)}
-    results.update({"flood": f, "legit": leg, "server_socket_drops": drops,
-                    "summary": {f"{r}/{n}": v for (r, n), v in table.items()}})
+    results.update({"flood": f, "legit": leg, "server_socket_drops": drops, "extended": extended,
+                    "summary": {f"{r}/{n}": v for r, t in table.items() for n, v in t.items()}})
     lines = [f"{r:5} {n:5}: legit share {v['share']:.4f} ({v['answered']}/{v['sent']}), flood {v['flood_rate']}/s, "
-             f"late {v['late']}, tc {v['tc']}" for (r, n), v in table.items()]
+             f"{v['segments']} segments, late {v['late']}, tc {v['tc']}" for r, t in table.items() for n, v in t.items()]
     figures = "\n".join(lines)
     per_segment = "\n".join(
         f"  segment {k}: {name_of[fs['port']]:5} flood {fs['rate']}/s, legit {ls['answered']}/{ls['sent']} "
         f"(p50 {ls['latency_ms_p50']} ms)"
-        for k, (fs, ls) in enumerate(zip(f["segments"], leg["segments"])))
+        for k, (fs, ls) in enumerate(zip(segments["max"][0] + segments["floor"][0],
+                                         segments["max"][1] + segments["floor"][1])))
     print("\n" + figures + "\n" + per_segment)
-    failures = {"max": [], "floor": []}
-    for regime in ("max", "floor"):
-        for name, reference in (("imrs1", "nsd"), ("imrs2", "nsd2")):  # like for like: 1 and 2 processes
-            ref = table[(regime, reference)]["share"]
-            got = table[(regime, name)]["share"]
-            if got < ref - SHARE_TOLERANCE:
-                failures[regime].append(f"{regime}: {name} keeps {got:.4f}, {reference} {ref:.4f} (tolerance {SHARE_TOLERANCE})")
-            if (regime == "floor" or ref >= NSD_KEEPS) and got < SHARE_FLOOR:
-                failures[regime].append(f"{regime}: {name} keeps {got:.4f} < {SHARE_FLOOR}")
     assert not failures["floor"], "\n".join(failures["floor"]) + "\n" + figures
     if failures["max"]:
         # Reported, not hidden: at the generator's top rate the share is what a server reads
         # of a flood the kernel mostly drops, and the generator's own rate differs from one
         # segment to the next (a server that drains its socket more slowly makes the drops,
-        # and so the generator, cheaper), so the shares move by +-0.05 from run to run around
-        # parity (imrs reads as many queries per second as NSD here since the rate limiter
-        # runs in C).  A run where imrs falls below by more than the tolerance shows as XFAIL
-        # with the figures.
+        # and so the generator, cheaper), so the shares move from run to run around parity
+        # (imrs reads as many queries per second as NSD here since the rate limiter runs in
+        # C).  A run where imrs still falls below by more than the tolerance over four rounds
+        # shows as XFAIL with the figures.
         pytest.xfail("imrs keeps a smaller share than NSD at the flood's top rate:\n"
                      + "\n".join(failures["max"]) + "\n" + figures)
 

@@ -14,6 +14,8 @@ import socket
 import time
 from pathlib import Path
 
+import dns.edns
+import dns.message
 import pytest
 from peers import proc
 from prometheus_client.parser import text_string_to_metric_families
@@ -229,11 +231,23 @@ def test_metrics_count_queries_over_both_workers(server: ServerProc) -> None:
         assert udp_ask(server.host, server.port, query("org.", "NS", qid=i + 1)) is not None
     for i in range(n_tcp):
         assert tcp_ask(server.host, server.port, query("nosuchtld.", "A", qid=i + 1, do=True)) is not None
+    n_cookie = 6  # a client cookie alone, over UDP
+    for i in range(n_cookie):
+        wire = dns.message.make_query("net.", "NS", use_edns=0, options=[dns.edns.GenericOption(10, bytes(range(8)))])
+        assert udp_ask(server.host, server.port, wire.to_wire()) is not None
     after = metrics(server.http_port)
 
     def delta(name: str, **labels: str) -> float:
-        sparse = name == "imrs_queries_by_qtype_total"
+        sparse = name in ("imrs_queries_by_qtype_total", "imrs_top_tld_queries")
         return sample(after, name, sparse, **labels) - sample(before, name, sparse, **labels)
+
+    assert delta("imrs_cookie_queries_total", result="client_only") == n_cookie
+    assert delta("imrs_cookie_queries_total", result="valid") == 0
+    # few distinct TLDs: the Space-Saving counts are exact
+    assert delta("imrs_top_tld_queries", tld="org") == n_udp
+    assert delta("imrs_top_tld_queries", tld="nosuchtld") == n_tcp
+    assert delta("imrs_top_tld_queries", tld="net") == n_cookie
+    n_udp += n_cookie
 
     assert delta("imrs_udp_received_total") == n_udp
     assert delta("imrs_tcp_queries_total") == n_tcp
@@ -259,7 +273,8 @@ def test_imrs_stats_command(server: ServerProc) -> None:
     result = imrs_run(["stats", "--http", f"127.0.0.1:{server.http_port}"], cwd=server.workdir)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for heading in ("Queries", "Responses", "Rcodes", "Top qtypes", "EDNS", "Truncated", "RRL", "TCP", "Workers"):
+    for heading in ("Queries", "Responses", "Rcodes", "Top qtypes", "Top TLDs", "EDNS", "Truncated", "RRL", "Cookies",
+                    "TCP", "Workers"):
         assert f"\n{heading} " in out, out
     assert "2 live of 2" in out
     assert f"Zone .       serial {ROOT_SERIAL}" in out
@@ -419,7 +434,8 @@ def test_metric_families_from_counters() -> None:
                 "request_size_udp_0": 1, "request_size_udp_32": 2, "request_size_udp_288": 3,
                 "response_size_tcp_4080": 1, "response_size_tcp_4096": 2,
                 "latency_udp_50": 4, "latency_udp_100000": 1, "latency_udp_inf": 1,
-                "rrl_slipped": 6, "workers_restarted": 2, "some_new_counter": 9}
+                "rrl_slipped": 6, "workers_restarted": 2, "some_new_counter": 9, "cookie_valid": 3, "cookie_badcookie": 1,
+                "tld_com": 7, "tld_.": 2}
     zone = ZoneTelemetry("example.", "kept", True, "serving", 7, VersionFacts(now - 60, None, False), False,
                          expire_at=now + 100, last_check=now - 5, last_error="fetch failed", failures={"fetch": 2})
     telemetry = Telemetry(now, 1, __version__, now - 100, 100.0, True, (), 1, 0, 2, (zone,), counters)
@@ -444,6 +460,9 @@ def test_metric_families_from_counters() -> None:
     assert sample(families, "imrs_rrl_slipped_total") == 6
     assert sample(families, "imrs_worker_restarts_total") == 2
     assert sample(families, "imrs_some_new_counter_total") == 9  # unknown keys are not lost
+    assert {s.labels["result"]: s.value for s in families["imrs_cookie_queries"]} == {
+        "client_only": 0, "valid": 3, "invalid": 0, "malformed": 0, "badcookie": 1}
+    assert {s.labels["tld"]: s.value for s in families["imrs_top_tld_queries"]} == {"com": 7, ".": 2}
     assert sample(families, "imrs_ready") == 0 and sample(families, "imrs_draining") == 1
     assert sample(families, "imrs_zone_last_transfer_success", zone="example.") == 0
     assert sample(families, "imrs_zone_refresh_failures_total", zone="example.", check="fetch") == 2
@@ -453,4 +472,5 @@ def test_metric_families_from_counters() -> None:
     # the terminal view copes with the same, and with nothing at all
     text = format_stats(telemetry.stats_json())
     assert "NOT READY: draining, no worker is serving" in text and "last refresh FAILED: fetch failed" in text
+    assert "\nTop TLDs     com 7  . 2\n" in text and "\nCookies      valid 3  badcookie 1\n" in text
     assert "Queries" in format_stats({})

@@ -20,6 +20,7 @@ from imrs.config import RrlConfig
 from imrs.serve import batchio, udp
 from imrs.serve.rrl import RateLimiter
 from imrs.serve.snapshot import SnapshotHolder, build_snapshot
+from imrs.serve.toplabels import CAPACITY, TopLabels
 from imrs.serve.traffic import NAMES, TrafficCounters, day_counters, full_rcode
 from imrs.serve.udp import ServeStats, UdpListener
 from imrs.telemetry.rssac002 import load_report, write_day
@@ -83,12 +84,19 @@ def without_latency(counts: dict[str, int]) -> dict[str, int]:
 
 def expected(queries: list[bytes], responses: list[bytes]) -> dict[str, int]:
     """What the counters should say, counted one by one by the Python rules."""
-    counters = TrafficCounters()
+    counters = python_counters()
     for wire in queries:
         counters.query(wire, False, False)
     for wire in responses:
         counters.response(wire, False, False)
-    return without_latency(counters.as_dict())
+    return without_latency(counters.as_dict()) | counters.top_tlds(-1)
+
+
+def python_counters() -> TrafficCounters:
+    """Counters whose TLD table is the pure-Python one (the C loop counts into the C one)."""
+    counters = TrafficCounters()
+    counters.tlds = TopLabels(CAPACITY, bytes(16))
+    return counters
 
 
 @pytest.mark.skipif(not batchio.AVAILABLE, reason="no recvmmsg here")
@@ -102,7 +110,7 @@ def test_every_loop_counts_what_it_received_and_sent(snapshot, rrl_rate):
     for loop in LOOPS:
         rrl = RateLimiter(RrlConfig(rate=rrl_rate), native=loop == "c", secret=bytes(16)) if rrl_rate else None
         traffic, responses = run_loop(loop, snapshot, queries, rrl)
-        counts = without_latency(traffic.as_dict())
+        counts = without_latency(traffic.as_dict()) | traffic.top_tlds(-1)
         assert counts == expected(queries, responses), loop
         results[loop] = counts
         # the latency cells count every datagram once; one source
@@ -115,7 +123,7 @@ def test_every_loop_counts_what_it_received_and_sent(snapshot, rrl_rate):
         for loop in LOOPS[1:]:
             assert results[loop] == results[LOOPS[0]], loop
     assert {"rcode_0", "rcode_1", "rcode_3", "rcode_4", "qtype_1", "qtype_28", "edns_none", "edns_do",
-            "edns_plain"} <= results[LOOPS[0]].keys()
+            "edns_plain", "tld_com", "tld_net", "tld_."} <= results[LOOPS[0]].keys()
 
 
 def test_known_traffic_in_the_right_cells():
@@ -168,7 +176,7 @@ def test_c_reads_extended_rcodes_as_python_does(snapshot):
                                    options=[dns.edns.GenericOption(rng.choice([10, 65001, 3]), bytes(8))])
         queries.append(q.to_wire())
     traffic, responses = run_loop("c", snapshot, queries, None)
-    assert without_latency(traffic.as_dict()) == expected(queries, responses)
+    assert without_latency(traffic.as_dict()) | traffic.top_tlds(-1) == expected(queries, responses)
     assert traffic.as_dict().get("rcode_16", 0) > 0  # EDNS version 1: BADVERS
 
 

@@ -8,6 +8,8 @@ the workers.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -20,6 +22,7 @@ from typing import Self
 
 import dns.message
 import pytest
+from peers import proc
 from serverproc import ServerProc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "zones" / "testroot"
@@ -139,8 +142,20 @@ class Prober:
             sock.close()
 
 
+def _counters(http_port: int) -> dict[str, int]:
+    """The summed counters from /stats."""
+    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+    try:
+        connection.request("GET", "/stats")
+        return json.loads(connection.getresponse().read())["counters"]
+    finally:
+        connection.close()
+
+
 def test_workers_share_the_port_and_a_dead_one_is_restarted(tmp_path):
-    srv = ServerProc(tmp_path, ["--zone", str(NEW), "--workers", "2", "--rrl-rate", "0"])
+    http_port = proc.free_port()
+    srv = ServerProc(tmp_path, ["--zone", str(NEW), "--workers", "2", "--rrl-rate", "0",
+                                "--http", f"127.0.0.1:{http_port}"])
     srv.start().wait_ready()  # the first worker answers; wait for the other one too
     try:
         _wait_all_serving(srv)
@@ -148,6 +163,7 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(tmp_path):
         assert len(workers) == 2, f"expected 2 workers, found {workers}"
         with Prober(srv.addr) as prober:
             time.sleep(0.5)
+            before = _counters(http_port)  # the last report of the worker about to die
             os.kill(workers[0], signal.SIGKILL)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -167,9 +183,17 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(tmp_path):
         assert lost <= 3 * len(prober.socks), f"{lost} of {len(prober.results)} queries lost"
         assert f"worker 0 (pid {workers[0]}) died" in srv.stderr()
         assert f"worker 0 started (pid {replacement})" in srv.stderr()
+        # The sums do not go back: what the dead worker had reported stays counted.  Every
+        # query answered is counted, but for those the dead worker took between its last
+        # report and its death (a few milliseconds of the prober's ~2,000 q/s).
+        after = _counters(http_port)
+        for key in ("udp_received", "queries_udp_ipv4", "responses_udp_ipv4", "qtype_6"):
+            assert after[key] >= before[key] > 0, (key, before, after)
+        assert after["qtype_6"] >= len(answered) - 50, (after, len(answered))
     finally:
         srv.stop()
     assert srv.stats()["workers_restarted"] == 1
+    assert srv.stats()["udp_received"] >= after["udp_received"]
 
 
 def test_zone_change_reaches_every_worker_at_once(tmp_path):

@@ -3,6 +3,7 @@
  *   rrl.c     RrlGate (RateLimiter.decide: the same decisions on the same tables);
  *   udp.c     udp_drain, the receive-answer-send loop, and the RRL slip of a C answer;
  *   traffic.c the traffic counters (src/imrs/serve/traffic.py's rules and layout);
+ *   toplabels.c the most queried TLDs (src/imrs/serve/toplabels.py's algorithm);
  *   module.c  the module.
  * Each is optional for imrs: without a compiler the pure-Python paths do the same work
  * (src/imrs/answer/fastc.py, src/imrs/serve/rrl.py, src/imrs/serve/udp.py).
@@ -52,9 +53,15 @@ uint64_t imrs_siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, size_
 /* The verdict for `response` to `peer` (4 or 16 octets); -1 with an exception set. */
 int gate_decide(RrlGate *g, const unsigned char *peer, Py_ssize_t alen, PyObject *peer_obj, PyObject *response);
 
-/* traffic.c: count into an array("Q") of traffic_size() cells */
+/* toplabels.c */
+typedef struct TopLabels TopLabels;
+extern PyTypeObject TopLabelsType;
+/* count one query for this top-level label (at most 63 octets; lower-cased here) */
+void toplabels_add(TopLabels *t, const unsigned char *label, Py_ssize_t len);
+
+/* traffic.c: count into an array("Q") of traffic_size() cells (and its TLD into tlds, when set) */
 Py_ssize_t traffic_size(void);
-void traffic_query(uint64_t *v, const unsigned char *w, Py_ssize_t n, int tcp, int ipv6);
+void traffic_query(uint64_t *v, TopLabels *tlds, const unsigned char *w, Py_ssize_t n, int tcp, int ipv6);
 /* plain_rcode: the response has no extended rcode (made in C), the header's is the rcode */
 void traffic_response(uint64_t *v, const unsigned char *r, Py_ssize_t n, int tcp, int ipv6, int plain_rcode);
 void traffic_latency(uint64_t *v, double seconds, int tcp, long count);

@@ -43,8 +43,21 @@ question_of(const unsigned char *w, Py_ssize_t n, unsigned *qtype, int *edns)
     return 1;
 }
 
+/* traffic.py last_label: where the question name's last label starts (the length octet),
+ * for a name that query_name_end accepted; 12 (the root's octet) for the root */
+static Py_ssize_t
+last_label(const unsigned char *w)
+{
+    Py_ssize_t pos = 12, last = 12;
+    while (w[pos]) {
+        last = pos;
+        pos += w[pos] + 1;
+    }
+    return last;
+}
+
 void
-traffic_query(uint64_t *v, const unsigned char *w, Py_ssize_t n, int tcp, int ipv6)
+traffic_query(uint64_t *v, TopLabels *tlds, const unsigned char *w, Py_ssize_t n, int tcp, int ipv6)
 {
     v[QUERIES + 2 * tcp + ipv6]++;
     Py_ssize_t bin = n >> 4;
@@ -54,6 +67,10 @@ traffic_query(uint64_t *v, const unsigned char *w, Py_ssize_t n, int tcp, int ip
     if (question_of(w, n, &qtype, &edns)) {
         v[QTYPE + (qtype < 256 ? qtype : 256)]++;
         v[EDNS + edns]++;
+        if (tlds != NULL) {
+            Py_ssize_t last = last_label(w);
+            toplabels_add(tlds, w + last + 1, w[last]);
+        }
     }
 }
 

@@ -148,7 +148,7 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---------------------------------------------------------------------------------------------
  * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None,
- *           sources=None)
+ *           sources=None, tlds=None)
  *     -> (received, sent, errors)
  *
  * The UDP receive-answer-send loop of serve/udp.py in C: recvmmsg up to VLEN datagrams at a
@@ -162,7 +162,8 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  *     (peer: the packed source address, 4 or 16 octets); it must not try the C answer again.
  * With `traffic` (TrafficCounters.values, serve/traffic.py) every datagram, every response
  * handed to sendmmsg and each batch's time from receipt to sending are counted, and with
- * `sources` (a SourceCounter) every datagram's source address (traffic.c).
+ * `sources` (a SourceCounter) every datagram's source address (traffic.c), and with `tlds` (a
+ * TopLabels) the top-level label of every question that parses.
  * The callbacks are expected to catch their own errors; one that escapes anyway (or an error
  * in the gate) is cleared, counted in ``errors``, and that datagram gets no answer.  A
  * datagram cut short (MSG_TRUNC) is dropped.  Buffers are allocated once (the GIL serialises
@@ -179,9 +180,9 @@ static struct mmsghdr recv_msgs[VLEN], send_msgs[VLEN];
 PyObject *
 udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 4 || nargs > 9) {
+    if (nargs < 4 || nargs > 10) {
         PyErr_SetString(PyExc_TypeError, "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, "
-                                         "limited=None, traffic=None, sources=None)");
+                                         "limited=None, traffic=None, sources=None, tlds=None)");
         return NULL;
     }
     int fd = (int)PyLong_AsLong(args[0]);
@@ -207,6 +208,14 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         sources = (SourceCounter *)args[8];
+    }
+    TopLabels *tlds = NULL;
+    if (nargs > 9 && args[9] != Py_None) {
+        if (!PyObject_TypeCheck(args[9], &TopLabelsType)) {
+            PyErr_SetString(PyExc_TypeError, "udp_drain: tlds must be a TopLabels");
+            return NULL;
+        }
+        tlds = (TopLabels *)args[9];
     }
     Py_buffer traffic_view = {0};
     uint64_t *traffic = NULL;
@@ -252,7 +261,7 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         for (int i = 0; i < n; i++) {
             responses[i] = NULL;
             if (traffic != NULL)
-                traffic_query(traffic, recv_iov[i].iov_base, recv_msgs[i].msg_len, 0, ipv6);
+                traffic_query(traffic, tlds, recv_iov[i].iov_base, recv_msgs[i].msg_len, 0, ipv6);
             if (sources != NULL)
                 sources_count(sources, ipv6 ? (const unsigned char *)&names[i].sin6_addr
                                             : (const unsigned char *)&((struct sockaddr_in *)&names[i])->sin_addr,

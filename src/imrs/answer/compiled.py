@@ -37,6 +37,7 @@ import struct
 import dns.name
 import dns.rdatatype
 
+from imrs.answer.cookies import COOKIE_OPTION_LENGTH, RESULT_BADCOOKIE
 from imrs.answer.engine import Plan, Section, plan_answer, plan_answer_pair
 from imrs.answer.query import AA, QR, TC
 from imrs.answer.render import render_plan
@@ -286,6 +287,7 @@ class CompiledAnswers:
             return None  # name too long, a class other than IN, or AXFR / IXFR
         end = qend + 4
         options = b""  # EDNS options our OPT record carries (COOKIE, keepalive)
+        cookie = None  # the query's COOKIE option data, when the jar is to answer it
         if has_opt:
             # An OPT record exactly at the end, version 0; options other than NSID, EXPIRE,
             # COOKIE and keepalive are ignored (RFC 6891 6.1.2), anything else goes the slow way.
@@ -312,17 +314,16 @@ class CompiledAnswers:
                     if found_options is None:
                         return None
                     cookie, keepalive = found_options
-                if cookie is not None and peer is not None:
-                    jar = self._cookies
-                    if jar is not None:
-                        options, valid = jar.response_option(cookie, peer)
-                        if not valid and not tcp and jar.require:
-                            return _join((wire[:2], self._badcookie_tails[(wire[2] & 1) | ((wire[3] >> 3) & 2)],
-                                          wire[12:end], self._badcookie_opt[do][len(options)], options))
                 if keepalive >= 0 and tcp and self._keepalive:
                     if keepalive:
                         return None  # a TIMEOUT in a query: FORMERR, by the reference path
-                    options += self._keepalive
+                    options = self._keepalive
+                if cookie is not None and peer is not None and self._cookies is not None:
+                    # The jar is asked (and counts) only once this path answers, below; its
+                    # option always has the same length, client and server cookie.
+                    limit -= COOKIE_OPTION_LENGTH
+                else:
+                    cookie = None
                 limit -= len(options)
         else:
             if n != end:
@@ -379,6 +380,14 @@ class CompiledAnswers:
             if shape is None:
                 shape = variant.cut[key] = self._cut(answer_class, variant, wire[12:end], limit, tcp, ipv6, do)
         rdcd = (wire[2] & 1) | ((wire[3] >> 3) & 2)
+        if cookie is not None:
+            jar = self._cookies
+            option, valid = jar.response_option(cookie, peer)
+            if not valid and not tcp and jar.require:
+                jar.counts[RESULT_BADCOOKIE] += 1
+                return _join((wire[:2], self._badcookie_tails[rdcd], wire[12:end],
+                              self._badcookie_opt[do][len(option)], option))
+            options = option + options
         if options:
             return _join((wire[:2], shape[0][1][rdcd], wire[12:end], shape[1][0], self._opt_heads[do][len(options)], options))
         return _join((wire[:2], shape[0][has_opt][rdcd], wire[12:end], shape[1][has_opt]))

@@ -66,12 +66,21 @@ MAX_AHEAD = 300  # ... and five minutes in the future
 RENEW_AGE = 1800  # older than half an hour: a fresh one in the response
 
 _OPTION_HEAD = struct.pack("!HH", EDNS_OPTION_COOKIE, 24)  # our COOKIE: client 8 + server 16
+#: the length of the COOKIE option every response to a cookie query carries (code and length too)
+COOKIE_OPTION_LENGTH = 4 + 24
 _VERSION_RESERVED = b"\x01\x00\x00\x00"
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _DERIVE_LABEL = b"imrs dns cookie secret"
 _VALID_CACHE_LIMIT = 65536  # cookies found valid (their hash), kept to skip hashing them again
 
 _MODE_FIXED, _MODE_FILE, _MODE_DERIVED = 0, 1, 2
+
+#: What became of the queries with a COOKIE option, counted in `CookieJar.counts` (indices):
+#: only a client cookie; a valid server cookie (echoed or renewed); a server cookie that is
+#: not valid (not ours, out of its time window, another shape); a malformed option (FORMERR);
+#: and, of the last two kinds and client-only ones over UDP with ``require``, BADCOOKIE sent.
+COOKIE_RESULTS = ("client_only", "valid", "invalid", "malformed", "badcookie")
+RESULT_CLIENT_ONLY, RESULT_VALID, RESULT_INVALID, RESULT_MALFORMED, RESULT_BADCOOKIE = range(5)
 
 
 class _Keys:
@@ -106,6 +115,9 @@ class CookieJar:
         self._previous = tuple(config.previous_secrets)
         self._interval = config.rotate_interval if config.rotate_interval > 0 else 86400.0
         self._bad_signature: tuple[int, int, int] | None = None  # a secret file that did not read
+        #: per COOKIE_RESULTS: the answer paths count each query with a COOKIE option once
+        #: (response_option counts the first three; the answer paths the last two)
+        self.counts = [0] * len(COOKIE_RESULTS)
         now = clock()
         if config.secret is not None:
             self._mode = _MODE_FIXED
@@ -179,7 +191,7 @@ class CookieJar:
 
     def check(self, cookie: bytes, peer: bytes, now: float | None = None) -> int:
         """COOKIE_INVALID, COOKIE_VALID or COOKIE_ECHO for the option data ``cookie`` (client
-        cookie and server cookie) received from ``peer``."""
+        cookie and server cookie) received from ``peer``.  (Not counted: rate limiting asks.)"""
         if now is None:
             now = self._clock()
         return self._check(cookie, _unmap(peer), now, self.keys(now))
@@ -206,8 +218,9 @@ class CookieJar:
     def response_option(self, cookie: bytes, peer: bytes) -> tuple[bytes, bool]:
         """For a query's COOKIE option data ``cookie`` (8 or 16..40 octets) from ``peer``: the
         COOKIE option (code, length, data) for the response, and whether the query's server
-        cookie was valid.  The answer paths' one call per cookie query: :meth:`check` and
-        :meth:`make_server_cookie` written out, as this runs per packet."""
+        cookie was valid.  The answer paths' one call per cookie query, made once they answer
+        (it counts the result): :meth:`check` and :meth:`make_server_cookie` written out, as
+        this runs per packet."""
         now = self._clock()
         keys = self._keys
         if not keys.start <= now < keys.end:
@@ -215,6 +228,7 @@ class CookieJar:
         if len(cookie) == 24:
             echo = keys.echo.get(cookie + peer)
             if echo is not None and echo[0] <= now < echo[1]:
+                self.counts[RESULT_VALID] += 1
                 return echo[2]  # the common case: a cookie seen before, echoed again
         raw_peer = peer
         if len(peer) == 16 and peer[:12] == _V4_MAPPED:
@@ -238,8 +252,10 @@ class CookieJar:
                     if len(echo) >= _VALID_CACHE_LIMIT:
                         echo.clear()
                     echo[cookie + raw_peer] = (now, float(int(now) - signed_age + RENEW_AGE), result)
+                    self.counts[RESULT_VALID] += 1
                     return result
                 valid = index >= 0
+        self.counts[RESULT_VALID if valid else RESULT_CLIENT_ONLY if len(cookie) == 8 else RESULT_INVALID] += 1
         client = cookie[:8]
         head = _VERSION_RESERVED + now32.to_bytes(4, "big")
         return _OPTION_HEAD + client + head + siphash24(client + head + peer, key=keys.current).digest(), valid

@@ -28,7 +28,12 @@ from dataclasses import dataclass
 import dns.rdataclass
 import dns.rdatatype
 
-from imrs.answer.cookies import CookieJar, keepalive_option
+from imrs.answer.cookies import (
+    RESULT_BADCOOKIE,
+    RESULT_MALFORMED,
+    CookieJar,
+    keepalive_option,
+)
 from imrs.answer.engine import Plan, ZoneSet, plan_answer
 from imrs.answer.query import (
     AA,
@@ -203,9 +208,13 @@ class Responder:
             if edns.cookie is not None and jar is not None and peer is not None:
                 length = len(edns.cookie)
                 if length != 8 and not 16 <= length <= 40:
+                    jar.counts[RESULT_MALFORMED] += 1
                     return self._formerr(wire, query, "malformed COOKIE option")
+                if tcp and edns.keepalive and self.keepalive_option:  # the FORMERR below, uncounted
+                    return self._formerr(wire, query, "edns-tcp-keepalive with a TIMEOUT in a query")
                 cookie, valid = jar.response_option(edns.cookie, peer)
                 if not valid and not tcp and jar.require:
+                    jar.counts[RESULT_BADCOOKIE] += 1
                     return self.badcookie(query, cookie)
             if tcp and edns.keepalive is not None and self.keepalive_option:
                 if edns.keepalive:  # RFC 7828 3.2.1: a query's option has no TIMEOUT

@@ -26,6 +26,11 @@ Per query, its source address, for RSSAC002 unique-sources (`TrafficCounters.sou
 distinct IPv4 addresses, IPv6 addresses and IPv6 /64 prefixes, each a mergeable
 :class:`~imrs.telemetry.rssac002.SourceSet` (exact, then HyperLogLog).
 
+Per query whose question parses, its top-level label (the last label of the question name;
+the root name's is empty), in the Space-Saving table `TrafficCounters.tlds`
+(:mod:`imrs.serve.toplabels`); `TrafficCounters.top_tlds` reports the most queried as
+``tld_<label>`` keys with their estimated counts.
+
 Per batch (UDP: the datagrams one receive call brought; TCP: each query), the processing
 time from receiving to sending, in ``latency_{udp,tcp}_{LE}`` for LE (microseconds, upper
 bounds of non-cumulative buckets) in `LATENCY_BOUNDS_US`, and ``latency_{udp,tcp}_inf``.
@@ -39,6 +44,7 @@ from array import array
 from imrs.answer import fastc
 from imrs.answer.query import read_name
 from imrs.serve.rrl import _last_opt, _skip_name, _skip_records
+from imrs.serve.toplabels import label_text, make_top_labels
 from imrs.telemetry.rssac002 import DEFAULT_EXACT_THRESHOLD, DayCounters, SourceSet
 
 _fastpath = fastc._fastpath if fastc.enabled() and hasattr(fastc._fastpath, "SourceCounter") else None
@@ -52,6 +58,8 @@ REQUEST_BINS = 19  # 0-15 ... 272-287, 288-
 RESPONSE_BINS = 257  # 0-15 ... 4080-4095, 4096-
 RCODES = 24  # 0 .. 23 (BADCOOKIE); others in one cell
 LATENCY_BOUNDS_US = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 100000)
+#: How many of its most queried TLDs a worker reports (it keeps toplabels.CAPACITY).
+TOP_TLDS = 50
 
 # the layout (csrc/fastpath/traffic.c has the same numbers)
 QUERIES = 0  # [transport * 2 + family]
@@ -105,6 +113,9 @@ class TrafficCounters:
         self._sources = [SourceSet(exact_threshold) for _ in SOURCE_KINDS]
         #: those the C UDP loop saw (imrs._fastpath.SourceCounter), when it runs
         self.c_sources = _fastpath.SourceCounter(exact_threshold) if _fastpath is not None else None
+        #: the most queried top-level labels since the worker started (the C loop's and the
+        #: Python paths', in one: the C TopLabels when the extension is built)
+        self.tlds = make_top_labels()
 
     def source(self, peer: bytes) -> None:
         """Count a query's source (packed, 4 or 16 octets; IPv4-mapped counts as IPv4)."""
@@ -141,6 +152,11 @@ class TrafficCounters:
         """The non-zero cells by key (since the worker started: for the metrics)."""
         return {NAMES[i]: v for i, v in enumerate(self.values) if v}
 
+    def top_tlds(self, n: int = TOP_TLDS) -> dict[str, int]:
+        """The ``n`` most queried top-level labels and their (estimated) counts, as counter
+        keys ``tld_<label>`` (presentation form; the root is ``tld_.``)."""
+        return {f"tld_{label_text(label)}": count for label, count, _error in self.tlds.top(n)}
+
     def day(self, reset: bool = False) -> dict[str, int]:
         """The non-zero cells counted since the last reset (the UTC day's, for RSSAC002);
         ``reset``: the next day starts now."""
@@ -162,6 +178,8 @@ class TrafficCounters:
             qtype, edns = parsed
             v[QTYPE + (min(256, qtype))] += 1
             v[EDNS + edns] += 1
+            last = last_label(wire)
+            self.tlds.add(wire[last + 1 : last + 1 + wire[last]])
 
     def response(self, wire: bytes, tcp: bool, ipv6: bool) -> None:
         """Count one response sent."""
@@ -205,6 +223,16 @@ def question_of(wire: bytes) -> tuple[int, int] | None:
             and wire[11] == 1 and pos + 11 <= n and wire[pos] == 0 and wire[pos + 1] == 0 and wire[pos + 2] == 41):
         edns = 2 if wire[pos + 7] & 0x80 else 1
     return qtype, edns
+
+
+def last_label(wire: bytes) -> int:
+    """Where the question name's last label starts (its length octet; 12, the root's octet,
+    for the root), in a query whose question parses (`question_of`)."""
+    pos = last = 12
+    while wire[pos]:
+        last = pos
+        pos += wire[pos] + 1
+    return last
 
 
 def full_rcode(response: bytes) -> int:

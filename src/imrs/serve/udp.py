@@ -177,13 +177,14 @@ class UdpListener:
         gate = self.rrl.gate if self.rrl is not None else None
         traffic = self.traffic.values if self.traffic is not None else None
         sources = self.traffic.c_sources if self.traffic is not None else None
+        tlds = self.traffic.tlds if sources is not None else None  # the C TopLabels with the C SourceCounter
         if compiled is None or (self.rrl is not None and gate is None) or self.tap is not None:
             # no C answer for this snapshot, a Python decider, or dnstap: all through the handler
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot), self.ipv6, BATCH,
-                                               None, None, None, traffic, sources)
+                                               None, None, None, traffic, sources, tlds)
         else:
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot, c_tried=True),
-                                               self.ipv6, BATCH, compiled, gate, self._limited, traffic, sources)
+                                               self.ipv6, BATCH, compiled, gate, self._limited, traffic, sources, tlds)
         self.stats.udp_received += received
         self.stats.udp_sent += sent
         self.stats.internal_errors += errors

@@ -24,11 +24,11 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 
-from imrs.answer.cookies import make_cookie_jar
+from imrs.answer.cookies import COOKIE_RESULTS, CookieJar, make_cookie_jar
 from imrs.answer.respond import AnswerOptions
 from imrs.config import Settings
 from imrs.serve.notify_in import NotifyReceiver
@@ -78,7 +78,7 @@ class DataPlane:
     """The listeners of one worker and the snapshot they answer from."""
 
     def __init__(self, settings: Settings, snapshot: Snapshot, transfer_policy: TransferPolicy, notify: NotifyReceiver | None,
-                 cookie_check: Callable[[bytes, bytes], bool] | None = None, index: int = 0):
+                 cookies: CookieJar | None = None, index: int = 0):
         self.settings = settings
         self.holder = SnapshotHolder(snapshot)
         self.stats = ServeStats()
@@ -86,7 +86,10 @@ class DataPlane:
         self.traffic = None if os.environ.get("IMRS_NO_TRAFFIC_COUNTERS") == "1" else TrafficCounters()
         self.transfer_policy = transfer_policy
         self.notify = notify
-        self.cookie_check = cookie_check
+        #: the worker's cookie jar (None: cookies off): it counts the cookie results
+        self.cookies = cookies
+        #: rate limiting exempts queries with a valid server cookie
+        self.cookie_check = cookies.valid_server_cookie if cookies is not None else None
         #: one table for all of the worker's UDP sockets (memory is fixed by its size)
         self.rrl = RateLimiter(settings.rrl) if settings.rrl.enabled else None
         #: dnstap, one writer per worker (a file each, or a connection each to the socket)
@@ -132,10 +135,13 @@ class DataPlane:
         counters = self.stats.as_dict()
         if self.traffic is not None:
             counters.update(self.traffic.as_dict())
+            counters.update(self.traffic.top_tlds())
         if self.tap is not None:
             counters.update({f"dnstap_{key}": value for key, value in self.tap.counters().items()})
         if self.rrl is not None:
             counters.update({f"rrl_{key}": value for key, value in self.rrl.stats.as_dict().items()})
+        if self.cookies is not None:
+            counters.update({f"cookie_{name}": n for name, n in zip(COOKIE_RESULTS, self.cookies.counts) if n})
         for listener in self.udp:
             for key, value in listener.counters().items():
                 counters[key] = counters.get(key, 0) + value
@@ -182,8 +188,7 @@ async def _serve(conn: Connection, settings: Settings, notify_networks: Mapping[
         def forward(origin: bytes):
             return lambda serial: conn.send(("notify", origin, serial))
         notify = NotifyReceiver({origin: (nets, forward(origin)) for origin, nets in notify_networks.items()})
-    plane = DataPlane(settings, snapshot, transfer_policy, notify,
-                      cookies.valid_server_cookie if cookies is not None else None, index)
+    plane = DataPlane(settings, snapshot, transfer_policy, notify, cookies, index)
     sockets = [socket.socket(fileno=recv_handle(conn)) for _ in range(count)]
     for sock in sockets:
         sock.setblocking(False)

@@ -47,6 +47,8 @@ class _Slot:
     generation: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: dict[str, asyncio.Future] = field(default_factory=dict)
+    #: its counters as it last reported them (kept for the pool when it dies)
+    last_counters: dict[str, int] = field(default_factory=dict)
 
     async def send(self, message: object) -> None:
         """Send in a thread: a publication is megabytes and the pipe only holds kilobytes."""
@@ -76,6 +78,9 @@ class WorkerPool:
         self._context = multiprocessing.get_context("spawn")  # the supervisor has threads: never fork
         self._pending: tuple[int, set[_Slot], asyncio.Future] | None = None
         self._final: dict[str, int] = {}
+        #: the counters dead workers last reported, so that the sums do not go back when one dies
+        #: (what a worker counted after its last report is lost with it)
+        self._departed: dict[str, int] = {}
 
     # -- starting ---------------------------------------------------------------------------
     async def start(self, publication: Publication) -> None:
@@ -200,6 +205,8 @@ class WorkerPool:
         elif kind == "notify":
             self.on_notify(message[1], message[2])
         elif kind in ("stats", "stopped", "day"):
+            if kind == "stats" and isinstance(message[1], dict):
+                slot.last_counters = message[1]
             self._resolve(slot, kind, message[1])
 
     def _on_exit(self, slot: _Slot) -> None:
@@ -227,6 +234,8 @@ class WorkerPool:
             del self.slots[slot.index]
         if self._stopping:
             return
+        for key, value in slot.last_counters.items():
+            self._departed[key] = self._departed.get(key, 0) + value
         self.restarts += 1
         quick = time.monotonic() - slot.started < 10
         failures = self._failures.get(slot.index, 0) + 1 if quick else 0
@@ -274,13 +283,15 @@ class WorkerPool:
 
     # -- counters and stopping --------------------------------------------------------------
     async def counters(self, timeout: float = 2.0) -> dict[str, int]:
-        """The workers' counters summed (those that answer within ``timeout``)."""
+        """The workers' counters summed (those that answer within ``timeout``), with what dead
+        workers had last reported."""
         live = [slot for slot in self.slots.values() if slot.state == "serving"]
         waits = []
         for slot in live:
             waits.append(self._expect(slot, "stats", timeout))
             await slot.send(("stats",))
-        return _sum([r for r in await asyncio.gather(*waits) if isinstance(r, dict)], self.restarts)
+        replies = [r for r in await asyncio.gather(*waits) if isinstance(r, dict)]
+        return _sum([*replies, self._departed], self.restarts)
 
     async def day(self, reset: bool = False, timeout: float = 5.0) -> tuple[dict[str, int], dict[str, SourceSet]]:
         """The UTC day's traffic counters (summed) and distinct query sources (merged by kind:
@@ -321,7 +332,7 @@ class WorkerPool:
                 log.error("worker %d did not stop; killing it", slot.index)
                 slot.process.kill()
                 await asyncio.to_thread(slot.process.join, 2.0)
-        return _sum([r for r in results if isinstance(r, dict)], self.restarts)
+        return _sum([*(r for r in results if isinstance(r, dict)), self._departed], self.restarts)
 
 
 def _sum(counters: Sequence[dict[str, int]], restarts: int) -> dict[str, int]:

@@ -33,7 +33,7 @@ svg{width:100%;height:auto;display:block}svg text{font-size:11px;fill:#555}
 </style></head><body>
 <header id="head">imrs</header>
 <main>
-<section class="wide"><h2>Queries per second (answered, by rcode)</h2>
+<section class="wide"><h2>Queries per second (the chart: answers by rcode)</h2>
 <div class="row"><div><span class="big" id="qps">-</span> <span class="sub" id="qps-span"></span></div>
 <div class="legend" id="rcode-legend"></div></div>
 <svg id="chart-rcode" viewBox="0 0 900 200" data-points="0"></svg></section>
@@ -43,6 +43,7 @@ svg{width:100%;height:auto;display:block}svg text{font-size:11px;fill:#555}
 <section><h2>RRL activity (per second)</h2>
 <div class="row"><span class="mid" id="rrl-now">-</span><span class="sub" id="rrl-total"></span></div>
 <svg id="chart-rrl" viewBox="0 0 420 80" data-points="0"></svg></section>
+<section><h2>Top queried TLDs</h2><svg id="chart-tlds" viewBox="0 0 420 200" data-points="0"></svg></section>
 <section><h2>Top query types</h2><svg id="chart-qtypes" viewBox="0 0 420 200" data-points="0"></svg></section>
 <section><h2>Transport mix (queries)</h2><svg id="chart-transport" viewBox="0 0 420 200" data-points="0"></svg></section>
 <section><h2>Response sizes (octets)</h2><svg id="chart-sizes" viewBox="0 0 420 200" data-points="0"></svg></section>
@@ -77,10 +78,10 @@ function timeChart(id,series,layers,stack,W,H){
   }
   draw(id,out,n);
 }
-/* horizontal bars: items = [[label, value]] */
-function bars(id,items,color,W){
+/* horizontal bars: items = [[label, value]]; shares of `all` (default: of the items' sum) */
+function bars(id,items,color,W,all){
   const rows=items.length,H=Math.max(40,rows*20+6),L=86,R=96,w=W-L-R,max=Math.max(1,...items.map(i=>i[1]));
-  const total=items.reduce((s,i)=>s+i[1],0)||1;let out="";
+  const total=all||items.reduce((s,i)=>s+i[1],0)||1;let out="";
   items.forEach(([label,v],k)=>{const y=4+k*20,bw=Math.max(v?1:0,w*v/max);
     out+=`<text x="${L-6}" y="${y+12}" text-anchor="end">${esc(label)}</text><rect x="${L}" y="${y}" width="${bw.toFixed(1)}" height="15" fill="${color}"/>`+
       `<text x="${L+bw+4}" y="${y+12}">${count(v)} (${(100*v/total).toFixed(0)}%)</text>`;});
@@ -95,7 +96,7 @@ function render(d){
       (sig!=null?`, signatures ${(sig/86400).toFixed(1)} d`:"")+(z.expiry_seconds!=null?`, expires ${dur(z.expiry_seconds)}`:"")+`</span>`;}
   document.getElementById("head").innerHTML=head+`<span class="sub">imrs ${esc(d.version)}</span>`;
   document.getElementById("qps").textContent=last?num(last.qps)+" q/s":"- q/s";
-  document.getElementById("qps-span").textContent=last?`over the last ${dur(last.seconds)}; ${num(d.totals.queries)} queries since start`:"";
+  document.getElementById("qps-span").textContent=last?`received over the last ${dur(last.seconds)}, ${num(last.rps)} answers/s; ${num(d.totals.queries)} queries since start`:"";
   document.getElementById("rcode-legend").innerHTML=RCODES.map(([n,c])=>`<span><i style="background:${c}"></i>${n} ${last?num(last.rcode[n]):"-"}</span>`).join("");
   timeChart("chart-rcode",s,RCODES.map(([n,c])=>[n,c,p=>p.rcode[n]]),true,900,200);
   document.getElementById("junk").textContent=pct(last&&last.junk!=null?last.junk:d.junk);
@@ -104,6 +105,7 @@ function render(d){
   document.getElementById("rrl-now").textContent=last?`${num(last.rrl.dropped)} dropped · ${num(last.rrl.slipped)} slipped`:"-";
   document.getElementById("rrl-total").textContent=`since start: ${count(d.rrl.dropped)} dropped, ${count(d.rrl.slipped)} slipped of ${count(d.rrl.responses)}`;
   timeChart("chart-rrl",s,[["dropped","#c0392b",p=>p.rrl.dropped],["slipped","#e8a21e",p=>p.rrl.slipped]],false,420,80);
+  bars("chart-tlds",d.tlds,"#d35400",420,d.tld_queries);
   bars("chart-qtypes",d.qtypes,"#3b7dd8",420);
   const t=d.transport;
   bars("chart-transport",[["UDP IPv4",t.udp_ipv4],["UDP IPv6",t.udp_ipv6],["TCP IPv4",t.tcp_ipv4],["TCP IPv6",t.tcp_ipv6]],"#2a9d8f",420);

@@ -4,7 +4,7 @@ The supervisor samples its workers' cumulative counters every ``interval`` secon
 default) into a ring buffer of an hour's samples; rates are the differences between
 consecutive samples.  Nothing here touches the data plane: a sample is the same counters
 request a ``/metrics`` scrape makes.  :func:`dashboard_json` adds what the page shows of the
-latest snapshot (zones, qtypes, transport and size mix, rate limiting).
+latest snapshot (zones, qtypes, top TLDs, transport and size mix, rate limiting).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ RCODES = {"NOERROR": "rcode_0", "NXDOMAIN": "rcode_3", "REFUSED": "rcode_5", "FO
 #: Coarse response-size bins for the page: (label, lowest octet count), each up to the next.
 SIZE_BINS = (("<64", 0), ("64-127", 64), ("128-255", 128), ("256-511", 256), ("512-1023", 512),
              ("1024-1231", 1024), ("1232-2047", 1232), ("2048-4095", 2048), ("4096+", 4096))
-#: How many qtypes the page lists.
+#: How many qtypes and TLDs the page lists.
 TOP_QTYPES = 10
+TOP_TLDS = 10
 
 
 def selected(counters: Mapping[str, int]) -> dict[str, int]:
@@ -133,6 +134,7 @@ def dashboard_json(telemetry: Telemetry, history: History | None, instance: str)
     """What the dashboard draws: the rates kept, and the latest snapshot (with counters)."""
     c = telemetry.counters
     qtypes = sorted(((qtype_name(k), v) for k, v in c.items() if k.startswith("qtype_") and v), key=lambda kv: -kv[1])
+    tlds = sorted(((k.removeprefix("tld_"), v) for k, v in c.items() if k.startswith("tld_")), key=lambda kv: (-kv[1], kv[0]))
     totals = selected(c)
     zones = []
     for zone in telemetry.zones:
@@ -154,6 +156,8 @@ def dashboard_json(telemetry: Telemetry, history: History | None, instance: str)
         "totals": totals,
         "junk": round(totals["rcode_NXDOMAIN"] / totals["responses"], 4) if totals["responses"] else None,
         "qtypes": [[name, count] for name, count in qtypes[:TOP_QTYPES]],
+        "tlds": [[name, count] for name, count in tlds[:TOP_TLDS]],
+        "tld_queries": sum(v for k, v in c.items() if k.startswith("qtype_")),
         "transport": {f"{t}_{f}": c.get(f"queries_{t}_{f}", 0) for t in ("udp", "tcp") for f in ("ipv4", "ipv6")},
         "sizes": {"response": _size_mix(c, "response"), "request": _size_mix(c, "request")},
         "truncated": c.get("truncated", 0),

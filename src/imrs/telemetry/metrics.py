@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from imrs.answer.cookies import COOKIE_RESULTS
 from imrs.telemetry.snapshot import Telemetry
 
 __all__ = ["CONTENT_TYPE", "TelemetryCollector", "qtype_name", "rcode_name", "render"]
@@ -61,7 +62,7 @@ _SIMPLE_COUNTERS: dict[str, tuple[str, str]] = {
 
 #: Key prefixes handled by a family of their own.
 _FAMILY_PREFIXES = ("queries_", "responses_", "rcode_", "qtype_", "edns_", "request_size_", "response_size_",
-                    "latency_", "rrl_")
+                    "latency_", "rrl_", "cookie_", "tld_")
 
 _RRL_HELP = {
     "responses": "responses seen by the rate limiter (exempt ones included)",
@@ -128,6 +129,8 @@ class TelemetryCollector(Collector):
         yield from self._traffic()
         yield from self._simple()
         yield from self._rrl()
+        yield from self._cookies()
+        yield from self._tlds()
         yield from self._zones()
 
     # -- the server -----------------------------------------------------------------------
@@ -208,6 +211,23 @@ class TelemetryCollector(Collector):
             name = _NOT_A_NAME.sub("_", key)
             yield CounterMetricFamily(f"imrs_rrl_{name}", f"response rate limiting: {_RRL_HELP.get(key, key)}",
                                       value=value)
+
+    def _tlds(self) -> Iterator[Metric]:
+        tlds = GaugeMetricFamily(
+            "imrs_top_tld_queries", "queries for the most queried top-level labels since the workers started "
+            "(Space-Saving estimates, each worker's top 50 summed; the root is \".\")", labels=["tld"])
+        for label, count in sorted(_bins(self.t.counters, "tld_").items(), key=lambda kv: (-kv[1], kv[0])):
+            tlds.add_metric([label], count)
+        yield tlds
+
+    def _cookies(self) -> Iterator[Metric]:
+        c = self.t.counters
+        results = CounterMetricFamily(
+            "imrs_cookie_queries", "queries with a DNS COOKIE option, by result (badcookie: BADCOOKIE sent, of the "
+            "client_only and invalid ones)", labels=["result"])
+        for result in COOKIE_RESULTS:
+            results.add_metric([result], c.get(f"cookie_{result}", 0))
+        yield results
 
     # -- zones -----------------------------------------------------------------------------
     def _zones(self) -> Iterator[Metric]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from imrs.answer.cookies import COOKIE_RESULTS
 from imrs.config import ListenAddress, parse_http
 from imrs.telemetry.metrics import FAMILIES, TRANSPORTS, qtype_name, rcode_name
 
@@ -154,6 +155,8 @@ def format_stats(data: Mapping[str, Any]) -> str:
     shown = [(qtype_name(key), value) for key, value in qtypes[:TOP_QTYPES]]
     rest = sum(value for _, value in qtypes[TOP_QTYPES:])
     row("Top qtypes", _pairs(shown) + (f"  (others {rest:,})" if rest else ""))
+    tlds = sorted(_prefixed(c, "tld_").items(), key=lambda kv: (-kv[1], kv[0]))
+    row("Top TLDs", _pairs(tlds[:TOP_QTYPES]))
     row("EDNS", _pairs([("none", c.get("edns_none", 0)), ("plain", c.get("edns_plain", 0)), ("DO", c.get("edns_do", 0))]))
     row("Truncated", f"{c.get('truncated', 0):,}")
     row("UDP", _pairs([("received", c.get("udp_received", 0)), ("sent", c.get("udp_sent", 0)),
@@ -163,6 +166,8 @@ def format_stats(data: Mapping[str, Any]) -> str:
     rrl = _prefixed(c, "rrl_")
     order = ("responses", "limited", "dropped", "slipped", "exempt", "exempt_cookie", "log_only_would_limit", "blocks")
     row("RRL", _pairs([(key, rrl[key]) for key in order if key in rrl]))
+    cookies = _prefixed(c, "cookie_")
+    row("Cookies", _pairs([(key.replace("_", " "), cookies[key]) for key in COOKIE_RESULTS if key in cookies]))
     workers = data.get("workers") or {}
     row("Workers", f"{workers.get('live', 0)} live of {workers.get('count', 0)}, {workers.get('restarts', 0)} restarts"
                    f", internal errors {c.get('internal_errors', 0):,}")
