@@ -257,8 +257,11 @@ def test_metrics_count_queries_over_both_workers(server: ServerProc) -> None:
     assert delta("imrs_queries_by_qtype_total", qtype="NS") == n_udp
     assert delta("imrs_responses_by_rcode_total", rcode="NXDOMAIN") == n_tcp
     assert delta("imrs_queries_by_edns_total", edns="do") == n_tcp
-    buckets = [s for s in after["imrs_processing_latency_seconds"] if s.labels["le"] == "+Inf"]
-    assert sum(s.value for s in buckets) > 0
+    infinite = [s for s in after["imrs_processing_latency_seconds"] if s.labels.get("le") == "+Inf"]
+    assert sum(s.value for s in infinite) > 0
+    sums = {s.labels["transport"]: s.value for s in after["imrs_request_size_bytes"] if s.name.endswith("_sum")}
+    before_sums = {s.labels["transport"]: s.value for s in before["imrs_request_size_bytes"] if s.name.endswith("_sum")}
+    assert sums["tcp"] - before_sums["tcp"] == n_tcp * len(query("nosuchtld.", "A", do=True))
 
 
 def test_stats_json(server: ServerProc) -> None:
@@ -433,7 +436,8 @@ def test_metric_families_from_counters() -> None:
                 "qtype_65534": 0, "qtype_other": 2, "edns_do": 5, "truncated": 1,
                 "request_size_udp_0": 1, "request_size_udp_32": 2, "request_size_udp_288": 3,
                 "response_size_tcp_4080": 1, "response_size_tcp_4096": 2,
-                "latency_udp_50": 4, "latency_udp_100000": 1, "latency_udp_inf": 1,
+                "latency_udp_50": 4, "latency_udp_100000": 1, "latency_udp_inf": 1, "latency_sum_us_udp": 250_000,
+                "request_octets_udp": 1234, "response_octets_tcp": 12345,
                 "rrl_slipped": 6, "workers_restarted": 2, "some_new_counter": 9, "cookie_valid": 3, "cookie_badcookie": 1,
                 "tld_com": 7, "tld_.": 2}
     zone = ZoneTelemetry("example.", "kept", True, "serving", 7, VersionFacts(now - 60, None, False), False,
@@ -449,14 +453,25 @@ def test_metric_families_from_counters() -> None:
         "AAAA": 3, "TYPE65534": 0, "other": 2}
     assert sample(families, "imrs_queries_by_edns_total", edns="do") == 5
     assert sample(families, "imrs_responses_truncated_total") == 1
-    request = {s.labels["le"]: s.value for s in families["imrs_request_size_bytes"] if s.labels["transport"] == "udp"}
+    def buckets(family: str, transport: str) -> dict[str, float]:
+        return {s.labels["le"]: s.value for s in families[family]
+                if s.name.endswith("_bucket") and s.labels["transport"] == transport}
+
+    request = buckets("imrs_request_size_bytes", "udp")
     assert (request["15.0"], request["31.0"], request["47.0"], request["287.0"], request["+Inf"]) == (1, 1, 3, 3, 6)
     assert len(request) == 19
-    response = {s.labels["le"]: s.value for s in families["imrs_response_size_bytes"] if s.labels["transport"] == "tcp"}
+    response = buckets("imrs_response_size_bytes", "tcp")
     assert (response["4079.0"], response["4095.0"], response["+Inf"], len(response)) == (0, 1, 3, 257)
-    latency = {s.labels["le"]: s.value for s in families["imrs_processing_latency_seconds"]
-               if s.labels["transport"] == "udp"}
+    latency = buckets("imrs_processing_latency_seconds", "udp")
     assert (latency["5e-05"], latency["0.01"], latency["0.1"], latency["+Inf"]) == (4, 4, 5, 6)
+    histogram_sums = {(s.name, s.labels["transport"]): s.value for f in families.values() for s in f
+                      if s.name.endswith(("_sum", "_count"))}
+    assert histogram_sums[("imrs_processing_latency_seconds_sum", "udp")] == 0.25
+    assert histogram_sums[("imrs_processing_latency_seconds_count", "udp")] == 6
+    assert histogram_sums[("imrs_request_size_bytes_sum", "udp")] == 1234
+    assert histogram_sums[("imrs_request_size_bytes_count", "udp")] == 6
+    assert histogram_sums[("imrs_response_size_bytes_sum", "tcp")] == 12345
+    assert histogram_sums[("imrs_response_size_bytes_count", "tcp")] == 3
     assert sample(families, "imrs_rrl_slipped_total") == 6
     assert sample(families, "imrs_worker_restarts_total") == 2
     assert sample(families, "imrs_some_new_counter_total") == 9  # unknown keys are not lost

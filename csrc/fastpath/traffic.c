@@ -15,7 +15,10 @@
 #define REQUEST_SIZE (TRUNCATED + 1)
 #define RESPONSE_SIZE (REQUEST_SIZE + 2 * REQUEST_BINS)
 #define LATENCY (RESPONSE_SIZE + 2 * RESPONSE_BINS)
-#define TRAFFIC_SIZE (LATENCY + 2 * LATENCY_BUCKETS)
+#define REQUEST_OCTETS (LATENCY + 2 * LATENCY_BUCKETS)
+#define RESPONSE_OCTETS (REQUEST_OCTETS + 2)
+#define LATENCY_SUM_US (RESPONSE_OCTETS + 2)
+#define TRAFFIC_SIZE (LATENCY_SUM_US + 2)
 
 static const long latency_bounds_us[LATENCY_BUCKETS - 1] = {50, 100, 250, 500, 1000, 2500, 5000, 10000, 100000};
 
@@ -62,6 +65,7 @@ traffic_query(uint64_t *v, TopLabels *tlds, const unsigned char *w, Py_ssize_t n
     v[QUERIES + 2 * tcp + ipv6]++;
     Py_ssize_t bin = n >> 4;
     v[REQUEST_SIZE + tcp * REQUEST_BINS + (bin < REQUEST_BINS - 1 ? bin : REQUEST_BINS - 1)]++;
+    v[REQUEST_OCTETS + tcp] += (uint64_t)n;
     unsigned qtype;
     int edns;
     if (question_of(w, n, &qtype, &edns)) {
@@ -141,6 +145,7 @@ traffic_response(uint64_t *v, const unsigned char *r, Py_ssize_t n, int tcp, int
     v[RESPONSES + 2 * tcp + ipv6]++;
     Py_ssize_t bin = n >> 4;
     v[RESPONSE_SIZE + tcp * RESPONSE_BINS + (bin < RESPONSE_BINS - 1 ? bin : RESPONSE_BINS - 1)]++;
+    v[RESPONSE_OCTETS + tcp] += (uint64_t)n;
     if (n >= 12) {
         int rcode = plain_rcode ? (r[3] & 0x0F) : full_rcode(r, n);
         v[RCODE + (rcode < RCODES ? rcode : RCODES)]++;
@@ -157,6 +162,7 @@ traffic_latency(uint64_t *v, double seconds, int tcp, long count)
     while (b < LATENCY_BUCKETS - 1 && us > latency_bounds_us[b])
         b++;
     v[LATENCY + tcp * LATENCY_BUCKETS + b] += (uint64_t)count;
+    v[LATENCY_SUM_US + tcp] += (uint64_t)(us + 0.5) * (uint64_t)count; /* traffic.py: int(us + 0.5) */
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -34,6 +34,11 @@ the root name's is empty), in the Space-Saving table `TrafficCounters.tlds`
 Per batch (UDP: the datagrams one receive call brought; TCP: each query), the processing
 time from receiving to sending, in ``latency_{udp,tcp}_{LE}`` for LE (microseconds, upper
 bounds of non-cumulative buckets) in `LATENCY_BOUNDS_US`, and ``latency_{udp,tcp}_inf``.
+
+The histograms' sums (Prometheus' ``_sum``): ``request_octets_{udp,tcp}`` and
+``response_octets_{udp,tcp}``, the octets of the messages counted in the size bins, and
+``latency_sum_us_{udp,tcp}``, the microseconds (rounded, per query) counted in the latency
+buckets.
 """
 
 from __future__ import annotations
@@ -71,7 +76,10 @@ TRUNCATED = EDNS + 3
 REQUEST_SIZE = TRUNCATED + 1  # [transport * REQUEST_BINS + bin]
 RESPONSE_SIZE = REQUEST_SIZE + 2 * REQUEST_BINS  # [transport * RESPONSE_BINS + bin]
 LATENCY = RESPONSE_SIZE + 2 * RESPONSE_BINS  # [transport * 10 + bucket]
-SIZE = LATENCY + 2 * (len(LATENCY_BOUNDS_US) + 1)
+REQUEST_OCTETS = LATENCY + 2 * (len(LATENCY_BOUNDS_US) + 1)  # [transport]: the histograms' sums
+RESPONSE_OCTETS = REQUEST_OCTETS + 2
+LATENCY_SUM_US = RESPONSE_OCTETS + 2
+SIZE = LATENCY_SUM_US + 2
 
 
 def _names() -> list[str]:
@@ -87,6 +95,9 @@ def _names() -> list[str]:
             names[RESPONSE_SIZE + t * RESPONSE_BINS + b] = f"response_size_{transport}_{16 * b}"
         for b, bound in enumerate((*LATENCY_BOUNDS_US, "inf")):
             names[LATENCY + t * (len(LATENCY_BOUNDS_US) + 1) + b] = f"latency_{transport}_{bound}"
+        names[REQUEST_OCTETS + t] = f"request_octets_{transport}"
+        names[RESPONSE_OCTETS + t] = f"response_octets_{transport}"
+        names[LATENCY_SUM_US + t] = f"latency_sum_us_{transport}"
     for n in range(RCODES):
         names[RCODE + n] = f"rcode_{n}"
     names[RCODE + RCODES] = "rcode_other"
@@ -173,6 +184,7 @@ class TrafficCounters:
         t = 1 if tcp else 0
         v[QUERIES + 2 * t + (1 if ipv6 else 0)] += 1
         v[REQUEST_SIZE + t * REQUEST_BINS + min(len(wire) >> 4, REQUEST_BINS - 1)] += 1
+        v[REQUEST_OCTETS + t] += len(wire)
         parsed = question_of(wire)
         if parsed is not None:
             qtype, edns = parsed
@@ -187,6 +199,7 @@ class TrafficCounters:
         t = 1 if tcp else 0
         v[RESPONSES + 2 * t + (1 if ipv6 else 0)] += 1
         v[RESPONSE_SIZE + t * RESPONSE_BINS + min(len(wire) >> 4, RESPONSE_BINS - 1)] += 1
+        v[RESPONSE_OCTETS + t] += len(wire)
         if len(wire) >= 12:
             rcode = full_rcode(wire)
             v[RCODE + (min(RCODES, rcode))] += 1
@@ -201,7 +214,9 @@ class TrafficCounters:
             if us <= bound:
                 break
             b += 1
-        self.values[LATENCY + (1 if tcp else 0) * (len(LATENCY_BOUNDS_US) + 1) + b] += count
+        t = 1 if tcp else 0
+        self.values[LATENCY + t * (len(LATENCY_BOUNDS_US) + 1) + b] += count
+        self.values[LATENCY_SUM_US + t] += int(us + 0.5) * count
 
 
 def question_of(wire: bytes) -> tuple[int, int] | None:

@@ -62,7 +62,7 @@ _SIMPLE_COUNTERS: dict[str, tuple[str, str]] = {
 
 #: Key prefixes handled by a family of their own.
 _FAMILY_PREFIXES = ("queries_", "responses_", "rcode_", "qtype_", "edns_", "request_size_", "response_size_",
-                    "latency_", "rrl_", "cookie_", "tld_")
+                    "latency_", "rrl_", "cookie_", "tld_", "request_octets_", "response_octets_")
 
 _RRL_HELP = {
     "responses": "responses seen by the rate limiter (exempt ones included)",
@@ -181,19 +181,22 @@ class TelemetryCollector(Collector):
             ("request", REQUEST_SIZE_OPEN, "size of the DNS messages received"),
             ("response", RESPONSE_SIZE_OPEN, "size of the DNS responses sent"),
         ):
-            sizes = HistogramMetricFamily(f"imrs_{what}_size_bytes", f"{help_text} (16-octet bins; no sum kept)",
+            sizes = HistogramMetricFamily(f"imrs_{what}_size_bytes", f"{help_text} (16-octet bins)",
                                           labels=["transport"])
             for transport in TRANSPORTS:
-                sizes.add_metric([transport], _size_buckets(_bins(c, f"{what}_size_{transport}_"), open_at), None)
+                sizes.add_metric([transport], _size_buckets(_bins(c, f"{what}_size_{transport}_"), open_at),
+                                 float(c.get(f"{what}_octets_{transport}", 0)))
             yield sizes
 
         latency = HistogramMetricFamily(
             "imrs_processing_latency_seconds",
-            "time from receiving to sending, per UDP receive batch or TCP query (no sum kept)", labels=["transport"])
+            "time from receiving to sending, per query (a UDP query counts its receive batch's time)",
+            labels=["transport"])
         for transport in TRANSPORTS:
             bins = _bins(c, f"latency_{transport}_")
             buckets = [(bound / 1e6, bins.get(str(bound), 0)) for bound in LATENCY_BOUNDS_US]
-            latency.add_metric([transport], _cumulative(buckets, bins.get("inf", 0)), None)
+            latency.add_metric([transport], _cumulative(buckets, bins.get("inf", 0)),
+                               c.get(f"latency_sum_us_{transport}", 0) / 1e6)
         yield latency
 
     # -- plain counters, and any key no rule knows -----------------------------------------
