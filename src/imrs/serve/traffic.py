@@ -24,7 +24,7 @@ Per response sent (handed to the kernel):
 
 Per query, its source address, for RSSAC002 unique-sources (`TrafficCounters.sources`):
 distinct IPv4 addresses, IPv6 addresses and IPv6 /64 prefixes, each a mergeable
-:class:`~imrs.telemetry.rssac002.SourceSet` (exact, then HyperLogLog).
+:class:`~imrs.telemetry.unique_sources.SourceSet` (exact, then HyperLogLog).
 
 Per batch (UDP: the datagrams one receive call brought; TCP: each query), the processing
 time from receiving to sending, in ``latency_{udp,tcp}_{LE}`` for LE (microseconds, upper
@@ -39,7 +39,8 @@ from array import array
 from imrs.answer import fastc
 from imrs.answer.query import read_name
 from imrs.serve.rrl import _last_opt, _skip_name, _skip_records
-from imrs.telemetry.rssac002 import DEFAULT_EXACT_THRESHOLD, DayCounters, SourceSet
+from imrs.telemetry.rssac002 import DayCounters
+from imrs.telemetry.unique_sources import DEFAULT_EXACT_THRESHOLD, SourceSet
 
 _fastpath = fastc._fastpath if fastc.enabled() and hasattr(fastc._fastpath, "SourceCounter") else None
 _IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
