@@ -1,8 +1,8 @@
-"""RSSAC002 v5 daily reports (imrs.telemetry.rssac002): the files written have exactly the
-spec's header and keys in L-root's layout (byte for byte where L-root's numbers are fed in),
-bins are right at their edges, a known list of counted traffic gives every number, two
-instances' files merge (sums, exact unions, HyperLogLog within 3 %), and bad input is refused
-with a message that names the file.
+"""RSSAC002 v5 daily reports (imrs.telemetry.rssac002, rssac002_merge, rssac002_cli and
+unique_sources): the files written have exactly the spec's header and keys in L-root's layout
+(byte for byte where L-root's numbers are fed in), bins are right at their edges, a known list
+of counted traffic gives every number, two instances' files merge (sums, exact unions,
+HyperLogLog within 3 %), and bad input is refused with a message that names the file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from imrs.telemetry import rssac002 as r
-from imrs.telemetry.rssac002 import DayCounters, Rssac002Error, SourceSet
+from imrs.telemetry import rssac002_cli, rssac002_merge
+from imrs.telemetry.rssac002 import DayCounters, Rssac002Error
+from imrs.telemetry.unique_sources import SourceSet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "rssac002"
 DAY = datetime.date(2025, 6, 1)
@@ -68,8 +70,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """`imrs rssac002 ...` through the same parser wiring cli.py uses."""
     parser = argparse.ArgumentParser(prog="imrs")
     sub = parser.add_subparsers(dest="command", required=True)
-    r.add_rssac002_commands(sub)
-    code = r.rssac002_main(parser.parse_args(["rssac002", *argv]))
+    rssac002_cli.add_rssac002_commands(sub)
+    code = rssac002_cli.rssac002_main(parser.parse_args(["rssac002", *argv]))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -322,7 +324,7 @@ def test_two_instances_merge_sums_exact_unions_and_load_times(tmp_path, capsys):
     write(tmp_path / "a", a)
     write(tmp_path / "b", b)
 
-    merged = r.merge([tmp_path / "a", tmp_path / "b"])
+    merged = rssac002_merge.merge([tmp_path / "a", tmp_path / "b"])
     assert (merged.service, merged.day, merged.instances, merged.metrics) == (SERVICE, DAY, 2, r.METRICS)
     everything = count(a_events + b_events)
     for metric in ("traffic-volume", "traffic-sizes", "rcode-volume", "unique-sources"):
@@ -344,7 +346,7 @@ def test_two_instances_merge_sums_exact_unions_and_load_times(tmp_path, capsys):
     assert load(tmp_path / "all" / "l-root-20250601-load-time.yaml")["time"] == merged.counters.load_times
     # the merged set merges again, with a third instance
     write(tmp_path / "c", count([("udp", "192.0.2.99", 40, 500, 0)]))
-    again = r.merge([tmp_path / "all", tmp_path / "c"])
+    again = rssac002_merge.merge([tmp_path / "all", tmp_path / "c"])
     assert again.counters.sources_ipv4.count() == 6 and again.counters.queries[("udp", 4)] == 11
 
 
@@ -354,11 +356,11 @@ def test_load_time_is_the_nearest_rank_percentile(tmp_path):
         counters.record_load_time(5, seconds)
         r.write_day(tmp_path / name, SERVICE, DAY, counters, metrics=["load-time"])
     inputs = [tmp_path / n for n in "abc"]
-    assert r.merge(inputs).counters.load_times == {5: 30}
-    assert r.merge(inputs, load_time_percentile=50).counters.load_times == {5: 20}
-    assert r.percentile_nearest_rank(list(range(1, 21)), 95) == 19
-    assert r.percentile_nearest_rank(list(range(1, 20)), 95) == 19
-    assert r.percentile_nearest_rank([7], 95) == 7
+    assert rssac002_merge.merge(inputs).counters.load_times == {5: 30}
+    assert rssac002_merge.merge(inputs, load_time_percentile=50).counters.load_times == {5: 20}
+    assert rssac002_merge.percentile_nearest_rank(list(range(1, 21)), 95) == 19
+    assert rssac002_merge.percentile_nearest_rank(list(range(1, 20)), 95) == 19
+    assert rssac002_merge.percentile_nearest_rank([7], 95) == 7
 
 
 def test_large_source_sets_estimate_and_merge_within_3_percent(tmp_path):
@@ -380,7 +382,7 @@ def test_large_source_sets_estimate_and_merge_within_3_percent(tmp_path):
         note = files["unique-sources"].read_text()
         assert "num-sources-ipv4: HyperLogLog estimate (p=14, standard error 0.81 %)" in note
         assert "num-sources-ipv6: exact count" in note
-    merged = r.merge([tmp_path / "a", tmp_path / "b"]).counters
+    merged = rssac002_merge.merge([tmp_path / "a", tmp_path / "b"]).counters
     assert abs(merged.sources_ipv4.count() - truth_union) <= 0.03 * truth_union
     assert merged.sources_ipv6.count() == 1 and merged.sources_ipv6.is_exact
 
@@ -448,39 +450,39 @@ def test_merge_refusals(tmp_path, capsys):
     write(tmp_path / "b", count(EVENTS))
     r.write_day(tmp_path / "b", SERVICE, datetime.date(2025, 6, 2), count(EVENTS))  # b holds two days
     with pytest.raises(Rssac002Error, match=r"is for 2025-06-02, not 2025-06-01 \(inputs cover 2025-06-01, 2025-06-02"):
-        r.merge([tmp_path / "a", tmp_path / "b"])
-    assert r.merge([tmp_path / "a", tmp_path / "b"], day=DAY).instances == 2  # --day picks from directories
+        rssac002_merge.merge([tmp_path / "a", tmp_path / "b"])
+    assert rssac002_merge.merge([tmp_path / "a", tmp_path / "b"], day=DAY).instances == 2  # --day picks from directories
     with pytest.raises(Rssac002Error, match="a: no RSSAC002 files .* for 2025-06-02"):
-        r.merge([tmp_path / "a", tmp_path / "b"], day=datetime.date(2025, 6, 2))
+        rssac002_merge.merge([tmp_path / "a", tmp_path / "b"], day=datetime.date(2025, 6, 2))
     with pytest.raises(Rssac002Error, match=r"l-root-20250601-load-time.yaml: is for 2025-06-01, not 2025-06-02$"):
-        r.merge([tmp_path / "b" / "l-root-20250602-load-time.yaml", tmp_path / "a" / "l-root-20250601-load-time.yaml"],
+        rssac002_merge.merge([tmp_path / "b" / "l-root-20250602-load-time.yaml", tmp_path / "a" / "l-root-20250601-load-time.yaml"],
                 day=datetime.date(2025, 6, 2))  # a file named explicitly is not filtered: refused
 
     r.write_day(tmp_path / "c", "k.root-servers.net", DAY, count(EVENTS))
     with pytest.raises(Rssac002Error, match="several services"):
-        r.merge([tmp_path / "a", tmp_path / "c"])
-    assert r.merge([tmp_path / "a", tmp_path / "c"], "x.example").service == "x.example"
+        rssac002_merge.merge([tmp_path / "a", tmp_path / "c"])
+    assert rssac002_merge.merge([tmp_path / "a", tmp_path / "c"], "x.example").service == "x.example"
 
     (tmp_path / "d").mkdir()
     for path in (tmp_path / "a").glob("*traffic*"):
         (tmp_path / "d" / path.name).write_bytes(path.read_bytes())
     with pytest.raises(Rssac002Error, match="mismatched metrics: .*1 load-time.* 2 traffic-sizes"):
-        r.merge([tmp_path / "a", tmp_path / "d"])
+        rssac002_merge.merge([tmp_path / "a", tmp_path / "d"])
 
     write(tmp_path / "e", count(EVENTS), sketch=False)
     with pytest.raises(Rssac002Error, match=r"e/l-root-20250601-unique-sources.yaml: no sketch l-root-20250601-unique-sources.sketch"):
-        r.merge([tmp_path / "a", tmp_path / "e"])
+        rssac002_merge.merge([tmp_path / "a", tmp_path / "e"])
 
     stale = write(tmp_path / "f", count(EVENTS))["unique-sources.sketch"]
     stale.write_text(json.dumps(r.sketch_document(SERVICE, DAY, count(EVENTS[:1]))))
     with pytest.raises(Rssac002Error, match="num-sources-ipv4 counts 1, but .* says 4: a stale or foreign sketch"):
-        r.merge([tmp_path / "f"])
+        rssac002_merge.merge([tmp_path / "f"])
     stale.write_text("{not json")
     with pytest.raises(Rssac002Error, match=r"f/l-root-20250601-unique-sources.sketch: not JSON"):
-        r.merge([tmp_path / "f"])
+        rssac002_merge.merge([tmp_path / "f"])
 
     with pytest.raises(Rssac002Error, match="no such file or directory"):
-        r.merge([tmp_path / "missing"])
+        rssac002_merge.merge([tmp_path / "missing"])
 
     # on the command line: one line on stderr, no traceback, exit 1 (input) or 2 (usage)
     code, out, err = run_cli(capsys, "merge", "--out", str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "e"))

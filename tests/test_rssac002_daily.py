@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 
-from imrs.telemetry.rssac002 import SourceSet, load_report
+from imrs.telemetry.rssac002 import load_report
 from imrs.telemetry.rssac002_daily import DailyReports, day_bounds
+from imrs.telemetry.unique_sources import SourceSet
 
 DAY = datetime.date(2026, 11, 30)
 START, END = day_bounds(DAY)

@@ -167,8 +167,8 @@ traffic_latency(uint64_t *v, double seconds, int tcp, long count)
 
 /* ---------------------------------------------------------------------------------------------
  * SourceCounter(exact_threshold): the distinct sources of the queries the C loop received, for
- * RSSAC002 unique-sources, kept as src/imrs/telemetry/rssac002.py's SourceSet keeps them: for
- * IPv4, IPv6 and IPv6 /64 prefixes (an IPv4-mapped address is IPv4), the 64-bit SipHash-2-4
+ * RSSAC002 unique-sources, kept as src/imrs/telemetry/unique_sources.py's SourceSet keeps them:
+ * for IPv4, IPv6 and IPv6 /64 prefixes (an IPv4-mapped address is IPv4), the 64-bit SipHash-2-4
  * (key SOURCE_HASH_KEY) of the packed address or prefix, in an exact set while it holds at
  * most exact_threshold of them, in HyperLogLog registers (p = 14) always, so that the
  * registers are those of the set whenever it overflows.  export(i) gives ("exact", hashes as
@@ -355,7 +355,7 @@ PyTypeObject SourceCounterType = {
     .tp_basicsize = sizeof(SourceCounter),
     .tp_dealloc = (destructor)source_counter_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The distinct sources of queries, as rssac002.SourceSet counts them (see traffic.c).",
+    .tp_doc = "The distinct sources of queries, as unique_sources.SourceSet counts them (see traffic.c).",
     .tp_methods = source_counter_methods,
     .tp_new = source_counter_new,
 };

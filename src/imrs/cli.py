@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     add_zone_commands(sub)  # `imrs zone verify ...`; returns the group for more `imrs zone` commands
 
     from imrs.selftest import add_selftest_command
-    from imrs.telemetry.rssac002 import add_rssac002_commands
+    from imrs.telemetry.rssac002_cli import add_rssac002_commands
 
     add_selftest_command(sub)  # `imrs selftest ADDR[:PORT] ...`
     add_rssac002_commands(sub)  # `imrs rssac002 merge|check ...`
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return selftest_main(args)
     if args.command == "rssac002":
-        from imrs.telemetry.rssac002 import rssac002_main
+        from imrs.telemetry.rssac002_cli import rssac002_main
 
         return rssac002_main(args)
     if args.command in ("drain", "stats"):

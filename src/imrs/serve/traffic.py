@@ -24,7 +24,7 @@ Per response sent (handed to the kernel):
 
 Per query, its source address, for RSSAC002 unique-sources (`TrafficCounters.sources`):
 distinct IPv4 addresses, IPv6 addresses and IPv6 /64 prefixes, each a mergeable
-:class:`~imrs.telemetry.rssac002.SourceSet` (exact, then HyperLogLog).
+:class:`~imrs.telemetry.unique_sources.SourceSet` (exact, then HyperLogLog).
 
 Per query whose question parses, its top-level label (the last label of the question name;
 the root name's is empty), in the Space-Saving table `TrafficCounters.tlds`
@@ -50,7 +50,8 @@ from imrs.answer import fastc
 from imrs.answer.query import read_name
 from imrs.serve.rrl import _last_opt, _skip_name, _skip_records
 from imrs.serve.toplabels import label_text, make_top_labels
-from imrs.telemetry.rssac002 import DEFAULT_EXACT_THRESHOLD, DayCounters, SourceSet
+from imrs.telemetry.rssac002 import DayCounters
+from imrs.telemetry.unique_sources import DEFAULT_EXACT_THRESHOLD, SourceSet
 
 _fastpath = fastc._fastpath if fastc.enabled() and hasattr(fastc._fastpath, "SourceCounter") else None
 _IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"

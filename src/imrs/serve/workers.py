@@ -25,7 +25,7 @@ from multiprocessing.reduction import send_handle
 
 from imrs.serve import worker
 from imrs.serve.publish import Publication
-from imrs.telemetry.rssac002 import SourceSet
+from imrs.telemetry.unique_sources import SourceSet
 
 log = logging.getLogger("imrs.workers")
 

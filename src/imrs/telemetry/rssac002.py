@@ -1,5 +1,5 @@
-"""RSSAC002 v5 daily reports: count one instance's traffic for a UTC day, write the per-metric
-YAML files, and merge several instances' files into one service-wide set.
+"""RSSAC002 v5 daily reports: count one instance's traffic for a UTC day, write the
+per-metric YAML files, and read them back (strictly validated).
 
 RSSAC002 (the RSSAC advisory on measurements of the root server system, version 5) has each
 root server operator publish, per UTC day, one small YAML document per metric:
@@ -22,68 +22,43 @@ order, nothing quoted, nested maps indented by two spaces. They are written by h
 needed at run time) and read back by a strict parser for exactly this subset of YAML, which
 refuses anything else with the file's name and line.
 
-Unique sources, and merging them
---------------------------------
-Distinct counts cannot be summed across instances (one resolver queries many of them), so each
-family is kept as a mergeable :class:`SourceSet` of 64-bit SipHash-2-4 hashes, under a fixed key,
-of the address (or of the /64 prefix):
+Several instances' files are merged into the service's by :mod:`imrs.telemetry.rssac002_merge`;
+``imrs rssac002 merge|check`` is :mod:`imrs.telemetry.rssac002_cli`.
 
-* exact while it holds at most ``exact_threshold`` hashes (default 10,000): the count is exact up
-  to 64-bit hash collisions (about 3e-12 for 10,000 sources), and a union of exact sets is exact;
-* beyond that, a HyperLogLog sketch (Flajolet et al., 2007) of 2**14 one-octet registers (p=14):
-  the hash's top 14 bits pick a register, which keeps the largest 1 + number of leading zeros of
-  the other 50 bits. Two sketches merge by the maximum of each register, giving exactly the
-  sketch of the union. The count is estimated with Ertl's improved raw estimator ("New cardinality
-  estimation algorithms for HyperLogLog sketches", 2017), which includes the small-range
-  (linear counting) correction without its seam: the classic estimator's switch at 2.5 * 2**14
-  leaves a bias of about +1.5 % for 45,000-60,000 sources; this one has none measurable.
-  Relative standard error: 1.04 / sqrt(2**14) = 0.81 %; 99.9 % of estimates fall within 2.7 %.
-
-That state is written next to the ``unique-sources`` YAML as
-``<prefix>-YYYYMMDD-unique-sources.sketch`` (JSON, :data:`SKETCH_FORMAT` version
-:data:`SKETCH_VERSION`), and comment lines after the document's keys say which counts are exact
-and which estimated; the document itself carries only the spec's keys. The sketches hold hashes,
-not addresses, but an IPv4 hash can be reversed by trying all 2**32 addresses: keep them as
-private as query logs.
-
-Merging
--------
-:func:`merge` adds several instances' files for one day: traffic counters, size bins and RCODEs
-are summed; unique sources are merged through the sketches (a missing sketch is an error); a
-serial's load time is the strict 95th percentile (nearest rank) of the instances that report it,
-as RSSAC002 defines the service's load time as the time until 95 % of its instances serve the new
-zone. With 19 instances or fewer that is the largest of them.
+Unique sources are counted in mergeable source sets (exact, then HyperLogLog:
+:class:`~imrs.telemetry.unique_sources.SourceSet`). Their state is written next to the
+``unique-sources`` YAML as ``<prefix>-YYYYMMDD-unique-sources.sketch`` (JSON,
+:data:`SKETCH_FORMAT` version :data:`SKETCH_VERSION`), and comment lines after the document's
+keys say which counts are exact and which estimated; the document itself carries only the spec's
+keys. The sketches hold hashes, not addresses, but an IPv4 hash can be reversed by trying all
+2**32 addresses: keep them as private as query logs.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import binascii
 import datetime
-import ipaddress
 import json
-import math
 import os
 import re
-import struct
-import sys
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self, TypeAlias
 
-from siphash24 import siphash24
-
+from imrs.telemetry.unique_sources import (
+    DEFAULT_EXACT_THRESHOLD,
+    DEFAULT_PRECISION,
+    Address,
+    Family,
+    SourceSet,
+    client_address,
+)
 from imrs.zone.store import write_atomically
 
 VERSION = "rssac002v5"
 METRICS: tuple[str, ...] = ("traffic-volume", "traffic-sizes", "rcode-volume", "unique-sources", "load-time")
 
 Transport: TypeAlias = Literal["udp", "tcp"]
-Family: TypeAlias = Literal[4, 6]
-Address: TypeAlias = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 Metric: TypeAlias = str
 TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
 FAMILIES: tuple[Family, ...] = (4, 6)
@@ -94,18 +69,9 @@ RESPONSE_OPEN_BIN = 4096  # responses of 4096 octets and more share the bin "409
 REQUEST_BINS = REQUEST_OPEN_BIN // BIN_WIDTH + 1
 RESPONSE_BINS = RESPONSE_OPEN_BIN // BIN_WIDTH + 1
 
-DEFAULT_EXACT_THRESHOLD = 10_000
-DEFAULT_PRECISION = 14
-MIN_PRECISION, MAX_PRECISION = 4, 18
-DEFAULT_LOAD_TIME_PERCENTILE = 95.0
-
 SKETCH_FORMAT = "imrs-rssac002-unique-sources"
 SKETCH_VERSION = 2  # 2: SipHash-2-4 source hashes (1: BLAKE2b)
 SKETCH_SUFFIX = ".sketch"
-
-EXIT_OK = 0
-EXIT_REJECTED = 1
-EXIT_USAGE = 2
 
 # (key, "queries" or "responses", transport, family) in the order L-root publishes them.
 TRAFFIC_VOLUME_KEYS: tuple[tuple[str, str, Transport, Family], ...] = (
@@ -134,10 +100,6 @@ _MAX_SERIAL = 2**32 - 1
 
 class Rssac002Error(Exception):
     """A report file that cannot be read, written, or merged; the message names the file."""
-
-
-class SketchFormatError(ValueError):
-    """A source set's JSON state (:meth:`SourceSet.from_json`) that is not one."""
 
 
 # --- sizes ----------------------------------------------------------------------------------
@@ -175,218 +137,6 @@ def parse_bin_label(label: str, open_from: int) -> int:
         raise ValueError(f"bin {label!r}: bins are {BIN_WIDTH} octets wide below {open_from}, then {open_from}-")
     return low // BIN_WIDTH
 
-
-# --- unique sources -------------------------------------------------------------------------
-
-#: SipHash-2-4 key of source hashes: fixed, as sketches of different instances must hash alike
-#: (and the C UDP loop, csrc/fastpath/traffic.c, hashes with it too)
-SOURCE_HASH_KEY = b"imrs-rssac002-v2"
-_IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
-
-
-def source_hash(item: bytes) -> int:
-    """The 64-bit hash under which a source (packed address or /64 prefix) is counted."""
-    return int.from_bytes(siphash24(item, key=SOURCE_HASH_KEY).digest(), "little")
-
-
-def client_address(address: Address) -> tuple[Family, bytes]:
-    """(4 or 6, packed address) of a client; IPv4-mapped IPv6 addresses (dual-stack sockets)
-    count as IPv4."""
-    if isinstance(address, bytes):
-        packed = address
-    elif isinstance(address, str):
-        packed = ipaddress.ip_address(address).packed
-    else:
-        packed = address.packed
-    if len(packed) == 4:
-        return 4, packed
-    if len(packed) != 16:
-        raise ValueError(f"a packed address has 4 or 16 octets, not {len(packed)}")
-    if packed[:12] == _IPV4_MAPPED:
-        return 4, packed[12:]
-    return 6, packed
-
-
-def _sigma(x: float) -> float:
-    # Ertl (2017), algorithm 6: the term for the registers still at zero
-    if x == 1.0:
-        return math.inf
-    y, z = 1.0, x
-    while True:
-        x *= x
-        previous = z
-        z += x * y
-        y += y
-        if z == previous:
-            return z
-
-
-def _tau(x: float) -> float:
-    # Ertl (2017), algorithm 6: the term for the registers at the largest rank
-    if x in (0.0, 1.0):
-        return 0.0
-    y, z = 1.0, 1.0 - x
-    while True:
-        x = math.sqrt(x)
-        previous = z
-        y *= 0.5
-        z -= (1.0 - x) ** 2 * y
-        if z == previous:
-            return z / 3.0
-
-
-def hll_estimate(registers: bytes | bytearray, precision: int) -> float:
-    """Cardinality estimate of HyperLogLog registers (Ertl's improved raw estimator)."""
-    m = 1 << precision
-    q = 64 - precision
-    histogram = [registers.count(rank) for rank in range(q + 2)]
-    z = m * _tau(1.0 - histogram[q + 1] / m)
-    for rank in range(q, 0, -1):
-        z = 0.5 * (z + histogram[rank])
-    z += m * _sigma(histogram[0] / m)
-    return m * m / (2.0 * math.log(2.0) * z)
-
-
-def _pack(data: bytes) -> str:
-    return base64.b64encode(zlib.compress(data, 9)).decode("ascii")
-
-
-def _unpack(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise SketchFormatError("data is not a string")
-    try:
-        return zlib.decompress(base64.b64decode(text, validate=True))
-    except (binascii.Error, zlib.error) as exc:
-        raise ValueError(f"data is not base64 of zlib data ({exc})") from None
-
-
-class SourceSet:
-    """Mergeable count of distinct sources: an exact set of 64-bit hashes while it holds at most
-    ``exact_threshold`` of them, then a HyperLogLog sketch of ``2**precision`` registers (see
-    the module's docstring for the method and its error)."""
-
-    __slots__ = ("_exact", "_registers", "exact_threshold", "precision")
-
-    def __init__(self, exact_threshold: int = DEFAULT_EXACT_THRESHOLD, precision: int = DEFAULT_PRECISION) -> None:
-        if exact_threshold < 0:
-            raise ValueError(f"exact_threshold must not be negative: {exact_threshold}")
-        if not MIN_PRECISION <= precision <= MAX_PRECISION:
-            raise ValueError(f"precision must be {MIN_PRECISION}..{MAX_PRECISION}, not {precision}")
-        self.exact_threshold = exact_threshold
-        self.precision = precision
-        self._exact: set[int] | None = set()
-        self._registers = bytearray()
-
-    @property
-    def is_exact(self) -> bool:
-        """True while the count is exact (no sketch yet)."""
-        return self._exact is not None
-
-    def add(self, item: bytes) -> None:
-        """Count one source, given as the octets that identify it (a packed address or prefix)."""
-        self.add_hash(source_hash(item))
-
-    def add_hash(self, value: int) -> None:
-        """Count one source by its :func:`source_hash`."""
-        exact = self._exact
-        if exact is None:
-            self._insert(value)
-            return
-        exact.add(value)
-        if len(exact) > self.exact_threshold:
-            self._to_sketch()
-
-    def update(self, other: SourceSet) -> None:
-        """Make this the union of itself and ``other``."""
-        if other._exact is not None:
-            if self._exact is None:
-                for value in other._exact:
-                    self._insert(value)
-            else:
-                self._exact |= other._exact
-                if len(self._exact) > self.exact_threshold:
-                    self._to_sketch()
-            return
-        if self._exact is not None:
-            self.precision = other.precision  # an exact set fits any sketch
-            self._to_sketch()
-        elif self.precision != other.precision:
-            raise ValueError(f"cannot merge HyperLogLog sketches of precision {self.precision} and {other.precision}")
-        self._registers = bytearray(map(max, self._registers, other._registers))
-
-    def count(self) -> int:
-        """The number of distinct sources: exact, or the sketch's estimate rounded."""
-        if self._exact is not None:
-            return len(self._exact)
-        return round(hll_estimate(self._registers, self.precision))
-
-    def method(self) -> str:
-        """How :meth:`count` is obtained, for the note in the written file."""
-        if self._exact is not None:
-            return "exact count"
-        error = 104 / math.sqrt(1 << self.precision)
-        return f"HyperLogLog estimate (p={self.precision}, standard error {error:.2f} %)"
-
-    def to_json(self) -> dict[str, Any]:
-        """The state as a JSON object (see :data:`SKETCH_FORMAT`)."""
-        if self._exact is not None:
-            data = struct.pack(f">{len(self._exact)}Q", *sorted(self._exact))
-            return {"kind": "exact", "count": len(self._exact), "data": _pack(data)}
-        return {"kind": "hll", "precision": self.precision, "data": _pack(bytes(self._registers))}
-
-    @classmethod
-    def from_json(cls, obj: object, exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> SourceSet:
-        """Read :meth:`to_json`'s output back; ValueError if it is not that. An exact set larger
-        than ``exact_threshold`` is kept exact until it is next added to."""
-        if not isinstance(obj, dict):
-            raise SketchFormatError("not a JSON object")
-        kind = obj.get("kind")
-        if kind == "exact":
-            data = _unpack(obj.get("data"))
-            count = obj.get("count")
-            if len(data) % 8 or not isinstance(count, int) or count != len(data) // 8:
-                raise ValueError("exact set: data is not 'count' 64-bit hashes")
-            values = set(struct.unpack(f">{count}Q", data))
-            if len(values) != count:
-                raise ValueError("exact set: repeated hashes")
-            sources = cls(exact_threshold)
-            sources._exact = values
-            return sources
-        if kind == "hll":
-            precision = obj.get("precision")
-            if not isinstance(precision, int) or not MIN_PRECISION <= precision <= MAX_PRECISION:
-                raise ValueError(f"HyperLogLog: bad precision {precision!r}")
-            registers = _unpack(obj.get("data"))
-            if len(registers) != 1 << precision or max(registers) > 64 - precision + 1:
-                raise ValueError(f"HyperLogLog: registers do not fit precision {precision}")
-            sources = cls(exact_threshold, precision)
-            sources._exact = None
-            sources._registers = bytearray(registers)
-            return sources
-        raise ValueError(f"unknown kind {kind!r} (expected 'exact' or 'hll')")
-
-    @classmethod
-    def from_registers(cls, registers: bytes, precision: int = DEFAULT_PRECISION,
-                       exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> SourceSet:
-        """A sketch from HyperLogLog registers counted elsewhere (the C UDP loop's)."""
-        if len(registers) != 1 << precision or max(registers, default=0) > 64 - precision + 1:
-            raise ValueError(f"HyperLogLog: registers do not fit precision {precision}")
-        sources = cls(exact_threshold, precision)
-        sources._exact = None
-        sources._registers = bytearray(registers)
-        return sources
-
-    def _insert(self, value: int) -> None:
-        q = 64 - self.precision
-        index = value >> q
-        rank = q + 1 - (value & ((1 << q) - 1)).bit_length()
-        self._registers[index] = max(self._registers[index], rank)
-
-    def _to_sketch(self) -> None:
-        exact, self._exact = self._exact or set(), None
-        self._registers = bytearray(1 << self.precision)
-        for value in exact:
-            self._insert(value)
 
 
 # --- one day's counts -----------------------------------------------------------------------
@@ -609,9 +359,9 @@ def sketch_document(service: str, day: datetime.date, counters: DayCounters) -> 
         "version": SKETCH_VERSION,
         "service": normalize_service(service),
         "start-period": start_period(day),
-        "method": "per family: the set of 64-bit BLAKE2b hashes (person 'imrs-rssac002') of the packed "
+        "method": "per family: the set of 64-bit SipHash-2-4 hashes (key 'imrs-rssac002-v2') of the packed "
         "address or /64 prefix while small ('exact'), else HyperLogLog registers ('hll', merge by "
-        "register maximum); see imrs.telemetry.rssac002",
+        "register maximum); see imrs.telemetry.unique_sources",
         "sets": {key: sources.to_json() for key, sources in counters.source_sets().items()},
     }
 
@@ -941,31 +691,6 @@ def load_sketch(report: Report, exact_threshold: int = DEFAULT_EXACT_THRESHOLD) 
     return sets
 
 
-# --- merging --------------------------------------------------------------------------------
-
-
-@dataclass
-class MergedDay:
-    """The service-wide counts :func:`merge` made of several instances' files."""
-
-    service: str
-    day: datetime.date
-    counters: DayCounters
-    metrics: tuple[Metric, ...]  # those found in the inputs, in METRICS order
-    instances: int  # files per metric
-    files: tuple[Path, ...]
-
-
-def percentile_nearest_rank(values: Sequence[int], percentile: float) -> int:
-    """The strict (nearest-rank) percentile: the smallest value that at least ``percentile`` %
-    of ``values`` do not exceed."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(percentile / 100.0 * len(ordered) - 1e-9))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 def find_reports(inputs: Iterable[str | os.PathLike[str]], day: datetime.date | None = None) -> list[Path]:
     """Files named on the command line, plus each directory's ``*-YYYYMMDD-<metric>.yaml``
     files (of ``day`` only, if given); each file once."""
@@ -988,194 +713,3 @@ def find_reports(inputs: Iterable[str | os.PathLike[str]], day: datetime.date | 
         for match in matches:
             found.setdefault(match.resolve(), match)
     return list(found.values())
-
-
-def merge(
-    inputs: Iterable[str | os.PathLike[str]],
-    service: str | None = None,
-    *,
-    day: datetime.date | None = None,
-    exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
-    load_time_percentile: float = DEFAULT_LOAD_TIME_PERCENTILE,
-) -> MergedDay:
-    """Merge several instances' RSSAC002 files (files, or directories of them) for one day.
-
-    Counters, size bins and RCODEs are summed; unique sources are united through the ``.sketch``
-    files (one missing is an error); a serial's load time is the ``load_time_percentile``
-    (nearest rank, default the spec's 95) of the instances that report it. The inputs must all
-    be RSSAC002 v5 files of one day (``day`` picks it from directories holding several), of one
-    service unless ``service`` names the merged one, and must hold as many files of each metric.
-    Raises :class:`Rssac002Error` naming the file at fault.
-    """
-    if not 0 < load_time_percentile <= 100:
-        raise ValueError(f"load-time percentile must be in (0, 100], not {load_time_percentile}")
-    out_service = None if service is None else normalize_service(service)
-    paths = find_reports(inputs, day)
-    if not paths:
-        raise Rssac002Error("no input files")
-    reports = [load_report(path) for path in paths]
-    wanted_day = day
-    for report in reports:
-        if wanted_day is None:
-            wanted_day = report.day
-        elif report.day != wanted_day:
-            days = sorted({str(r.day) for r in reports})
-            hint = "" if day else f" (inputs cover {', '.join(days)}; choose one)"
-            raise Rssac002Error(f"{report.path}: is for {report.day}, not {wanted_day}{hint}")
-    assert wanted_day is not None
-    if out_service is None:
-        services = sorted({report.service for report in reports})
-        if len(services) > 1:
-            raise Rssac002Error(f"inputs are for several services ({', '.join(services)}): name the merged one")
-        out_service = services[0]
-    by_metric: dict[str, list[Report]] = {}
-    for report in reports:
-        by_metric.setdefault(report.metric, []).append(report)
-    counts = {metric: len(group) for metric, group in by_metric.items()}
-    if len(set(counts.values())) > 1:
-        listing = ", ".join(f"{n} {metric}" for metric, n in sorted(counts.items()))
-        raise Rssac002Error(f"mismatched metrics: every instance must supply the same ones, found {listing}")
-    counters = DayCounters.new(exact_threshold)
-    serial_times: dict[int, list[int]] = {}
-    for report in reports:
-        _add_report(counters, report, serial_times, exact_threshold)
-    counters.load_times = {
-        serial: percentile_nearest_rank(times, load_time_percentile) for serial, times in serial_times.items()
-    }
-    metrics = tuple(metric for metric in METRICS if metric in by_metric)
-    return MergedDay(out_service, wanted_day, counters, metrics, next(iter(counts.values())), tuple(paths))
-
-
-def _add_report(counters: DayCounters, report: Report, serial_times: dict[int, list[int]], exact_threshold: int) -> None:
-    values = report.values
-    if report.metric == "traffic-volume":
-        for key, kind, transport, family in TRAFFIC_VOLUME_KEYS:
-            table = counters.queries if kind == "queries" else counters.responses
-            table[(transport, family)] += values[key]
-    elif report.metric == "traffic-sizes":
-        for key, transport, kind in TRAFFIC_SIZES_KEYS:
-            bins = (counters.request_sizes if kind == "request" else counters.response_sizes)[transport]
-            open_from = REQUEST_OPEN_BIN if kind == "request" else RESPONSE_OPEN_BIN
-            for label, count in values[key].items():
-                bins[parse_bin_label(label, open_from)] += count
-    elif report.metric == "rcode-volume":
-        for rcode, count in values.items():
-            counters.rcodes[rcode] = counters.rcodes.get(rcode, 0) + count
-    elif report.metric == "unique-sources":
-        sets = load_sketch(report, exact_threshold)
-        for key, sources in counters.source_sets().items():
-            try:
-                sources.update(sets[key])
-            except ValueError as exc:
-                raise Rssac002Error(f"{sketch_path(report.path)}: {key}: {exc}") from None
-    elif report.metric == "load-time":
-        for serial, seconds in values["time"].items():
-            serial_times.setdefault(serial, []).append(seconds)
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def add_rssac002_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Add ``imrs rssac002`` with ``merge`` and ``check``; returns the group for more commands.
-    Each command sets ``rssac002_handler``, which :func:`rssac002_main` runs."""
-    group = sub.add_parser("rssac002", help="RSSAC002 daily reports: merge instances' files, check files")
-    group_sub = group.add_subparsers(dest="rssac002_command", required=True, metavar="COMMAND")
-    merge_cmd = group_sub.add_parser(
-        "merge",
-        help="merge several instances' RSSAC002 files for one day into the service's",
-        description="Merge several instances' RSSAC002 v5 files for one UTC day (files, or directories "
-        "holding <prefix>-YYYYMMDD-<metric>.yaml files) into one service-wide set written to --out: counts "
-        "summed, unique sources united through the .sketch files, load time the 95th percentile over "
-        "instances. Exit 0 when written, 1 when an input is rejected, 2 for usage errors.",
-    )
-    merge_cmd.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="instance files or directories")
-    merge_cmd.add_argument("--out", required=True, metavar="DIR", help="where to write the merged files")
-    merge_cmd.add_argument("--service", metavar="NAME", help="service of the merged files (default: the inputs')")
-    merge_cmd.add_argument("--prefix", metavar="PREFIX", help="file name prefix (default: from the service, l-root)")
-    merge_cmd.add_argument("--day", metavar="YYYY-MM-DD", help="the day to merge, when directories hold several")
-    merge_cmd.add_argument(
-        "--load-time-percentile", metavar="P", type=float, default=DEFAULT_LOAD_TIME_PERCENTILE,
-        help="a serial's merged load time: this percentile (nearest rank) over instances [95]",
-    )
-    merge_cmd.add_argument(
-        "--exact-threshold", metavar="N", type=int, default=DEFAULT_EXACT_THRESHOLD,
-        help=f"count sources exactly up to N per family, then by HyperLogLog [{DEFAULT_EXACT_THRESHOLD}]",
-    )
-    merge_cmd.set_defaults(rssac002_handler=merge_main)
-    check = group_sub.add_parser(
-        "check",
-        help="check RSSAC002 v5 files: header, keys, bins, counts, sketches",
-        description="Check RSSAC002 v5 files (or directories of them): one line each. Exit 0 if all "
-        "pass, 1 if any is rejected, 2 for usage errors.",
-    )
-    check.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
-    check.set_defaults(rssac002_handler=check_main)
-    return group_sub
-
-
-def rssac002_main(args: argparse.Namespace) -> int:
-    """Run the ``imrs rssac002`` command parsed into ``args``; returns the exit status."""
-    return args.rssac002_handler(args)
-
-
-def merge_main(args: argparse.Namespace) -> int:
-    """``imrs rssac002 merge``: one line on stdout when written, errors on stderr."""
-    prog = "imrs rssac002 merge"
-    try:
-        day = datetime.date.fromisoformat(args.day) if args.day else None
-        service = normalize_service(args.service) if args.service else None
-        if args.prefix is not None and not _PREFIX_RE.match(args.prefix):
-            raise ValueError(f"--prefix {args.prefix!r}: letters, digits, '.', '_' and '-' only")
-        if not 0 < args.load_time_percentile <= 100:
-            raise ValueError("--load-time-percentile must be in (0, 100]")
-        if args.exact_threshold < 0:
-            raise ValueError("--exact-threshold must not be negative")
-    except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        merged = merge(args.inputs, service, day=day, exact_threshold=args.exact_threshold,
-                       load_time_percentile=args.load_time_percentile)
-        out = Path(args.out)
-        prefix = args.prefix or default_prefix(merged.service)
-        for metric in merged.metrics:  # instance files of one service share names: keep them whole
-            target = (out / report_name(prefix, merged.day, metric)).resolve()
-            if any(target == path.resolve() for path in merged.files):
-                raise Rssac002Error(f"{target}: is an input; choose another --out or --prefix")
-        written = write_day(out, merged.service, merged.day, merged.counters, prefix=prefix, metrics=merged.metrics)
-    except Rssac002Error as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
-    except OSError as exc:
-        print(f"{prog}: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_REJECTED
-    names = ", ".join(path.name for path in written)
-    print(f"{args.out}: {merged.service} {merged.day}: merged {merged.instances} instance(s): {names}")
-    return EXIT_OK
-
-
-def check_main(args: argparse.Namespace) -> int:
-    """``imrs rssac002 check``: one line per file, ``OK`` or the reason it is rejected."""
-    try:
-        paths = find_reports(args.inputs)
-    except Rssac002Error as exc:
-        print(f"imrs rssac002 check: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    status = EXIT_OK
-    for path in paths:
-        try:
-            report = load_report(path)
-            note = ""
-            if report.metric == "unique-sources":
-                if sketch_path(path).exists():
-                    load_sketch(report)
-                    note = ", sketch OK"
-                else:
-                    note = ", no sketch (cannot be merged)"
-        except Rssac002Error as exc:
-            print(exc)  # every message names the file
-            status = EXIT_REJECTED
-            continue
-        print(f"{path}: OK {report.metric} {report.day} {report.service}{note}")
-    return status

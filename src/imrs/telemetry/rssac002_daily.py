@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from imrs.serve.traffic import day_counters
-from imrs.telemetry.rssac002 import Rssac002Error, SourceSet, merge, write_day
+from imrs.telemetry.rssac002 import Rssac002Error, write_day
+from imrs.telemetry.rssac002_merge import merge
+from imrs.telemetry.unique_sources import SourceSet
 
 log = logging.getLogger("imrs.rssac002")
 
