@@ -41,9 +41,11 @@ test_junk_flood_legit_share
              at least its NSD's share, less SHARE_TOLERANCE; the 97 % floor applies to this
              regime only where NSD itself keeps NSD_KEEPS (98 %) or more.  One imrs worker now
              reads about as many queries per second of this flood as NSD (170-220k), but the
-             generator's rate, and so the shares, differ by segment: a run where imrs falls
-             more than the tolerance below ends as XFAIL with the figures, after the floor
-             regime passed.
+             generator's rate, and so the shares, differ by segment (one segment's share
+             moves by about +-0.1 whoever serves).  imrs below by more than the tolerance plus
+             twice the standard error of the difference (from the segments' spread) fails;
+             below by more than the tolerance but within that noise ends as XFAIL with the
+             figures.
       floor  FLOOR_RATE (40,000) q/s, a flood NSD absorbs (it keeps 100 %; it reads up to
              about 85,000 q/s on one core here): imrs must keep at least NSD's share, less
              SHARE_TOLERANCE, and never below 97 %.
@@ -80,6 +82,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -314,10 +317,26 @@ def _share_table(fsegs: list[dict], lsegs: list[dict], port_of: dict[str, int]) 
         share, answered, sent = _share(lsegs, port)
         mine = [s for s in fsegs if s["port"] == port]
         rate = round(sum(s["sent"] for s in mine) / sum(s["seconds"] for s in mine))
+        shares = [s["answered"] / s["sent"] for s in lsegs if s["port"] == port and s["sent"]]
         table[name] = {"share": round(share, 4), "answered": answered, "sent": sent, "flood_rate": rate,
                        "segments": len(mine), "late": sum(s["late"] for s in lsegs if s["port"] == port),
-                       "tc": sum(s["tc"] for s in lsegs if s["port"] == port)}
+                       "tc": sum(s["tc"] for s in lsegs if s["port"] == port),
+                       # the standard error of the share, from how much the segments' shares differ
+                       "stderr": round(statistics.stdev(shares) / len(shares) ** 0.5, 4) if len(shares) > 1 else 0.0}
     return table
+
+
+def _clearly_below(regime: str, table: dict[str, dict]) -> list[str]:
+    """Where imrs's share is below its NSD's by more than the tolerance plus twice the standard
+    error of the difference: lower beyond what the segments' noise explains (one-sided, ~98 %)."""
+    out = []
+    for name, reference in (("imrs1", "nsd"), ("imrs2", "nsd2")):
+        got, ref = table[name], table[reference]
+        noise = 2 * (got["stderr"] ** 2 + ref["stderr"] ** 2) ** 0.5
+        if got["share"] < ref["share"] - SHARE_TOLERANCE - noise:
+            out.append(f"{regime}: {name} keeps {got['share']:.4f}, {reference} {ref['share']:.4f}: more than "
+                       f"{SHARE_TOLERANCE} + {noise:.4f} (twice the standard error of the difference) below")
+    return out
 
 
 def _share_failures(regime: str, table: dict[str, dict]) -> list[str]:
@@ -380,7 +399,8 @@ def test_junk_flood_legit_share(tmp_path, results):
         _stop_all(stoppable)
     results.update({"flood": f, "legit": leg, "server_socket_drops": drops, "extended": extended,
                     "summary": {f"{r}/{n}": v for r, t in table.items() for n, v in t.items()}})
-    lines = [f"{r:5} {n:5}: legit share {v['share']:.4f} ({v['answered']}/{v['sent']}), flood {v['flood_rate']}/s, "
+    lines = [f"{r:5} {n:5}: legit share {v['share']:.4f} +- {v['stderr']:.4f} ({v['answered']}/{v['sent']}), "
+             f"flood {v['flood_rate']}/s, "
              f"{v['segments']} segments, late {v['late']}, tc {v['tc']}" for r, t in table.items() for n, v in t.items()]
     figures = "\n".join(lines)
     per_segment = "\n".join(
@@ -390,14 +410,17 @@ def test_junk_flood_legit_share(tmp_path, results):
                                          segments["max"][1] + segments["floor"][1])))
     print("\n" + figures + "\n" + per_segment)
     assert not failures["floor"], "\n".join(failures["floor"]) + "\n" + figures
+    clearly = _clearly_below("max", table["max"])
+    assert not clearly, "\n".join(clearly) + "\n" + figures
     if failures["max"]:
         # Reported, not hidden: at the generator's top rate the share is what a server reads
         # of a flood the kernel mostly drops, and the generator's own rate differs from one
         # segment to the next (a server that drains its socket more slowly makes the drops,
         # and so the generator, cheaper), so the shares move from run to run around parity
         # (imrs reads as many queries per second as NSD here since the rate limiter runs in
-        # C).  A run where imrs still falls below by more than the tolerance over four rounds
-        # shows as XFAIL with the figures.
+        # C).  A run where imrs still falls below by more than the tolerance over four rounds,
+        # but within what the segments' noise explains, shows as XFAIL with the figures;
+        # beyond that noise it failed above.
         pytest.xfail("imrs keeps a smaller share than NSD at the flood's top rate:\n"
                      + "\n".join(failures["max"]) + "\n" + figures)
 
