@@ -41,11 +41,9 @@ test_junk_flood_legit_share
              at least its NSD's share, less SHARE_TOLERANCE; the 97 % floor applies to this
              regime only where NSD itself keeps NSD_KEEPS (98 %) or more.  One imrs worker now
              reads about as many queries per second of this flood as NSD (170-220k), but the
-             generator's rate, and so the shares, differ by segment (one segment's share
-             moves by about +-0.1 whoever serves).  imrs below by more than the tolerance plus
-             twice the standard error of the difference (from the segments' spread) fails;
-             below by more than the tolerance but within that noise ends as XFAIL with the
-             figures.
+             shares move by about +-0.1 from run to run, for each server process alike (see
+             CLEARLY_BELOW).  imrs below half its NSD's share fails; below by more than the
+             tolerance but above that ends as XFAIL with the figures.
       floor  FLOOR_RATE (40,000) q/s, a flood NSD absorbs (it keeps 100 %; it reads up to
              about 85,000 q/s on one core here): imrs must keep at least NSD's share, less
              SHARE_TOLERANCE, and never below 97 %.
@@ -120,6 +118,12 @@ FLOOR_RATE = 40_000  # q/s: a flood NSD absorbs on this kind of machine (it keep
 # Shares are measured over ~1,200 queries per server and regime; at the generator's highest rate
 # two segments of the same server differ by up to ~6 points on a noisy VM.
 SHARE_TOLERANCE = 0.05
+# At the generator's top rate each server process has its own luck for a whole run: one run's
+# shares (the same within the run, +-0.02 between its segments) move by about +-0.1 around
+# 0.3-0.5 from one run to the next, for NSD as for imrs (three runs of 2026-11-30: NSD 0.48,
+# 0.30, 0.48; imrs-1w 0.44, 0.44, 0.31).  Below this fraction of its NSD's share imrs is worse
+# beyond that noise, and the test fails; between it and the tolerance, XFAIL with the figures.
+CLEARLY_BELOW = 0.5
 SHARE_FLOOR = 0.97
 NSD_KEEPS = 0.98  # where NSD keeps this much, the floor applies
 
@@ -327,15 +331,12 @@ def _share_table(fsegs: list[dict], lsegs: list[dict], port_of: dict[str, int]) 
 
 
 def _clearly_below(regime: str, table: dict[str, dict]) -> list[str]:
-    """Where imrs's share is below its NSD's by more than the tolerance plus twice the standard
-    error of the difference: lower beyond what the segments' noise explains (one-sided, ~98 %)."""
+    """Where imrs keeps less than CLEARLY_BELOW of its NSD's share: beyond the run-to-run noise."""
     out = []
     for name, reference in (("imrs1", "nsd"), ("imrs2", "nsd2")):
-        got, ref = table[name], table[reference]
-        noise = 2 * (got["stderr"] ** 2 + ref["stderr"] ** 2) ** 0.5
-        if got["share"] < ref["share"] - SHARE_TOLERANCE - noise:
-            out.append(f"{regime}: {name} keeps {got['share']:.4f}, {reference} {ref['share']:.4f}: more than "
-                       f"{SHARE_TOLERANCE} + {noise:.4f} (twice the standard error of the difference) below")
+        got, ref = table[name]["share"], table[reference]["share"]
+        if got < CLEARLY_BELOW * ref:
+            out.append(f"{regime}: {name} keeps {got:.4f}, less than {CLEARLY_BELOW} of {reference}'s {ref:.4f}")
     return out
 
 
@@ -419,8 +420,8 @@ def test_junk_flood_legit_share(tmp_path, results):
         # and so the generator, cheaper), so the shares move from run to run around parity
         # (imrs reads as many queries per second as NSD here since the rate limiter runs in
         # C).  A run where imrs still falls below by more than the tolerance over four rounds,
-        # but within what the segments' noise explains, shows as XFAIL with the figures;
-        # beyond that noise it failed above.
+        # but keeps more than CLEARLY_BELOW of NSD's share, shows as XFAIL with the figures;
+        # below that it failed above.
         pytest.xfail("imrs keeps a smaller share than NSD at the flood's top rate:\n"
                      + "\n".join(failures["max"]) + "\n" + figures)
 
