@@ -249,3 +249,28 @@ def test_no_leak_over_a_million_calls(snapshot):
     grown = rss() - before
     print(f"{calls} calls: RSS grew {grown} bytes")
     assert grown < 4 << 20
+
+
+def test_c_slips_the_junk_replies_as_python_does(snapshot):
+    """The bare-header replies to flood junk (FORMERR, NOTIMP: what the C loop's early replies
+    are) get the same truncated copy from C as from rrl.slip_response, so that a rate-limited
+    error never enters Python; anything else C declines is Python's (None), never different."""
+    from flood.floodgen import junk_payload
+
+    rng = random.Random(12)
+    bare = 0
+    for _ in range(6000):
+        wire = junk_payload(rng, ["com", "net", "org"], (0.05, 0.05, 0.9))
+        response = snapshot.reference.respond(wire, False, False)
+        if response is None or len(response) < 12:
+            continue
+        c = fastpath.slip(response, wire[11])
+        if len(response) == 12 and not any(response[4:12]):
+            bare += 1
+            assert c is not None, response.hex()
+        if c is not None:
+            assert c == slip_response(response), (wire.hex(), response.hex())
+    headers = [bytes(rng.randrange(256) for _ in range(4)) + bytes(8) for _ in range(500)]
+    for header in headers:  # any bare header, whatever its flags
+        assert fastpath.slip(header, 0) == slip_response(header) == header[:2] + bytes([header[2] | 2]) + header[3:]
+    assert bare > 1000

@@ -9,13 +9,20 @@
 
 /* rrl.py slip_response for a response of the C answer: TC set, the question kept, no answer
  * or authority records, and the OPT record, which is the last 11 octets when the query had
- * one (has_opt: the query's ARCOUNT, 0 or 1, as the C answer accepts).  NULL (no exception)
- * for anything else, which the Python function then handles. */
+ * one (has_opt: the query's ARCOUNT, 0 or 1, as the C answer accepts); and for a bare header
+ * (early_reply's FORMERR and NOTIMP, which a junk flood makes many of): TC set.  NULL (no
+ * exception) for anything else, which the Python function then handles. */
 static PyObject *
 slip_wire(PyObject *response, int has_opt)
 {
     const unsigned char *r = (const unsigned char *)PyBytes_AS_STRING(response);
     Py_ssize_t len = PyBytes_GET_SIZE(response);
+    if (len == 12 && memcmp(r + 4, "\0\0\0\0\0\0\0\0", 8) == 0) { /* a bare header (early_reply's): TC set */
+        PyObject *out = PyBytes_FromStringAndSize((const char *)r, 12);
+        if (out != NULL)
+            ((unsigned char *)PyBytes_AS_STRING(out))[2] |= 0x02;
+        return out;
+    }
     if (len < 12 || r[4] != 0 || r[5] != 1 || has_opt > 1)
         return NULL;
     Py_ssize_t o = 12;
