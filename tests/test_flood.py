@@ -398,6 +398,8 @@ def test_junk_flood_legit_share(tmp_path, results):
             _still_answers(s)
     finally:
         _stop_all(stoppable)
+    if extended:  # the two more rounds' figures too
+        results.update({"flood_more": f2, "legit_more": leg2})
     results.update({"flood": f, "legit": leg, "server_socket_drops": drops, "extended": extended,
                     "summary": {f"{r}/{n}": v for r, t in table.items() for n, v in t.items()}})
     lines = [f"{r:5} {n:5}: legit share {v['share']:.4f} +- {v['stderr']:.4f} ({v['answered']}/{v['sent']}), "
