@@ -129,3 +129,57 @@ def test_a_server_writes_the_day_so_far_when_it_stops(tmp_path):
     assert got["unique-sources"].values["num-sources-ipv4"] == 1
     assert got["traffic-volume"].service == "x.root-servers.net"
     assert "RSSAC002 files for" in srv.stderr()
+
+
+def test_a_worker_that_dies_keeps_its_day_until_its_last_checkpoint(tmp_path):
+    """Two workers, the day read every 0.5 s (IMRS_RSSAC002_CHECKPOINT): 60 queries from 60
+    source ports (spread over both workers), a checkpoint, then one worker is killed and
+    replaced.  The day written at the stop still has every query: the dead worker's count
+    comes from its last checkpoint (without it, its share of the day would be lost)."""
+    import os
+    import signal
+    import socket
+    import time
+    from pathlib import Path
+
+    from serverproc import ROOT_ZONE, ServerProc, query
+
+    out = tmp_path / "rssac002"
+    srv = ServerProc(tmp_path, ["--zone", str(ROOT_ZONE), "--workers", "2", "--rrl-rate", "0"],
+                     config=f'[rssac002]\ndirectory = "{out}"\nservice = "x.root-servers.net"\n',
+                     env={"IMRS_RSSAC002_CHECKPOINT": "0.5"})
+    srv.start().wait_ready()
+
+    def workers() -> list[int]:
+        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+    try:
+        deadline = time.monotonic() + 30
+        while srv.stderr().count("serving generation") < 2 and len(workers()) < 2:
+            assert time.monotonic() < deadline, srv.stderr()[-2000:]
+            time.sleep(0.1)
+        time.sleep(1.0)  # both workers serve
+        answered = 0
+        for n in range(60):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a new source port each
+                s.settimeout(2)
+                s.sendto(query("com.", "NS", n), (srv.host, srv.port))
+                answered += len(s.recv(4096)) > 0
+        assert answered == 60
+        time.sleep(1.5)  # a checkpoint or two
+        victim = workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while f"(pid {victim}) died" not in srv.stderr() or len(workers()) < 2:
+            assert time.monotonic() < deadline, srv.stderr()[-2000:]
+            time.sleep(0.1)
+    finally:
+        srv.stop()
+    today = datetime.datetime.now(datetime.UTC).date()
+    got = {(r := load_report(p)).metric: r for p in out.glob(f"x-root-{today:%Y%m%d}-*.yaml")}
+    volume = got["traffic-volume"].values
+    assert volume["dns-udp-queries-received-ipv4"] >= 60, volume
+    assert volume["dns-udp-responses-sent-ipv4"] >= 60, volume
+    assert got["unique-sources"].values["num-sources-ipv4"] == 1

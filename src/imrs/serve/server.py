@@ -27,7 +27,7 @@ from imrs.serve.workers import WorkerPool
 from imrs.serve.xfrout import TransferPolicy, make_policy, parse_rule
 from imrs.telemetry.history import DEFAULT_INTERVAL, History
 from imrs.telemetry.http import TelemetryServer
-from imrs.telemetry.rssac002_daily import DailyReports
+from imrs.telemetry.rssac002_daily import CHECKPOINT_SECONDS, DailyReports
 from imrs.telemetry.snapshot import (
     Telemetry,
     TelemetryUnavailable,
@@ -309,7 +309,8 @@ class Supervisor:
             return None
         keepers = self.publisher.keepers
         return DailyReports(config.directory, config.service or self.settings.identity, self.pool.day,
-                            lambda: [entry for keeper in keepers for entry in keeper.status.load_times])
+                            lambda: [entry for keeper in keepers for entry in keeper.status.load_times],
+                            checkpoint=self.pool.checkpoint_day, checkpoint_seconds=_checkpoint_seconds())
 
     async def _start_http(self) -> TelemetryServer | None:
         address = self.settings.http
@@ -393,6 +394,17 @@ class Supervisor:
             self.control.shutdown()
             counters = await self.pool.stop()
             log.info("stopped: %s", counters)
+
+
+def _checkpoint_seconds() -> float:
+    """Seconds between reads of the workers' RSSAC002 day: 60, or ``IMRS_RSSAC002_CHECKPOINT``
+    (meant for tests)."""
+    text = os.environ.get("IMRS_RSSAC002_CHECKPOINT", "")
+    try:
+        value = float(text) if text else CHECKPOINT_SECONDS
+    except ValueError:
+        value = CHECKPOINT_SECONDS
+    return value if 0.1 <= value <= 3600 else CHECKPOINT_SECONDS
 
 
 def _dashboard_interval() -> float:

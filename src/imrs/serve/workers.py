@@ -49,6 +49,8 @@ class _Slot:
     waiters: dict[str, asyncio.Future] = field(default_factory=dict)
     #: its counters as it last reported them (kept for the pool when it dies)
     last_counters: dict[str, int] = field(default_factory=dict)
+    #: its UTC day so far as it last reported it (`WorkerPool.checkpoint_day`), likewise
+    last_day: dict | None = None
 
     async def send(self, message: object) -> None:
         """Send in a thread: a publication is megabytes and the pipe only holds kilobytes."""
@@ -81,6 +83,9 @@ class WorkerPool:
         #: the counters dead workers last reported, so that the sums do not go back when one dies
         #: (what a worker counted after its last report is lost with it)
         self._departed: dict[str, int] = {}
+        #: and the day so far that dead workers last reported (until the day is rolled)
+        self._departed_day: dict[str, int] = {}
+        self._departed_sources: dict[str, SourceSet] = {}
 
     # -- starting ---------------------------------------------------------------------------
     async def start(self, publication: Publication) -> None:
@@ -236,6 +241,8 @@ class WorkerPool:
             return
         for key, value in slot.last_counters.items():
             self._departed[key] = self._departed.get(key, 0) + value
+        if slot.last_day is not None:
+            _add_day(self._departed_day, self._departed_sources, slot.last_day)
         self.restarts += 1
         quick = time.monotonic() - slot.started < 10
         failures = self._failures.get(slot.index, 0) + 1 if quick else 0
@@ -296,23 +303,40 @@ class WorkerPool:
     async def day(self, reset: bool = False, timeout: float = 5.0) -> tuple[dict[str, int], dict[str, SourceSet]]:
         """The UTC day's traffic counters (summed) and distinct query sources (merged by kind:
         RSSAC002's IPv4, IPv6 and IPv6 /64) of the workers that answer within ``timeout``;
-        ``reset``: the next day starts now in each.  A worker restarted during the day brings
-        only what it counted since."""
+        ``reset``: the next day starts now in each.  A worker that died during the day counts
+        with what it reported at the last `checkpoint_day`."""
         live = [slot for slot in self.slots.values() if slot.state == "serving"]
         waits = []
         for slot in live:
             waits.append(self._expect(slot, "day", timeout))
             await slot.send(("day", reset))
-        counters: dict[str, int] = {}
+        counters = dict(self._departed_day)
         sources: dict[str, SourceSet] = {}
-        for reply in await asyncio.gather(*waits):
+        for kind, departed in self._departed_sources.items():
+            sources[kind] = SourceSet()
+            sources[kind].update(departed)
+        for slot, reply in zip(live, await asyncio.gather(*waits), strict=True):
             if not isinstance(reply, dict):
                 continue
-            for key, value in reply["counters"].items():
-                counters[key] = counters.get(key, 0) + value
-            for kind, state in reply["sources"].items():
-                sources.setdefault(kind, SourceSet()).update(SourceSet.from_json(state))
+            slot.last_day = None if reset else reply
+            _add_day(counters, sources, reply)
+        if reset:
+            self._departed_day = {}
+            self._departed_sources = {}
         return counters, sources
+
+    async def checkpoint_day(self) -> None:
+        """Read every worker's day so far, and keep it: a worker that dies later in the day
+        then loses only what it counted since (`day` adds what dead workers last reported)."""
+        await self.day(False)
+
+    @staticmethod
+    async def _send_stop(slot: _Slot) -> None:
+        """Tell one worker to stop; one that does not take it in time is killed by `stop`."""
+        try:
+            await asyncio.wait_for(slot.send(("stop",)), STOP_TIMEOUT)
+        except (OSError, TimeoutError):
+            pass
 
     async def stop(self) -> dict[str, int]:
         """Stop every worker (killing those that do not stop in time); their final counters."""
@@ -321,10 +345,9 @@ class WorkerPool:
         waits = []
         for slot in slots:
             waits.append(self._expect(slot, "stopped", STOP_TIMEOUT))
-            try:
-                slot.conn.send(("stop",))
-            except OSError:
-                pass
+        # Under each slot's lock: a worker still starting may be taking a publication from the
+        # pipe, and a message written in the middle of it would corrupt both.
+        await asyncio.gather(*(self._send_stop(slot) for slot in slots))
         results = await asyncio.gather(*waits) if waits else []
         for slot in slots:
             await asyncio.to_thread(slot.process.join, 2.0)
@@ -333,6 +356,14 @@ class WorkerPool:
                 slot.process.kill()
                 await asyncio.to_thread(slot.process.join, 2.0)
         return _sum([*(r for r in results if isinstance(r, dict)), self._departed], self.restarts)
+
+
+def _add_day(counters: dict[str, int], sources: dict[str, SourceSet], reply: dict) -> None:
+    """Add one worker's day (its "day" reply: counters, and sources as SourceSet.to_json)."""
+    for key, value in reply["counters"].items():
+        counters[key] = counters.get(key, 0) + value
+    for kind, state in reply["sources"].items():
+        sources.setdefault(kind, SourceSet()).update(SourceSet.from_json(state))
 
 
 def _sum(counters: Sequence[dict[str, int]], restarts: int) -> dict[str, int]:

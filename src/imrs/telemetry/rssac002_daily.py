@@ -6,7 +6,9 @@ zone keepers' load times of versions first served that day, and writes the day's
 (:func:`imrs.telemetry.rssac002.write_day`).  `DailyReports.flush` at a stop writes the day so far;
 files of that day already in the directory (a restart earlier the same day) are merged in first
 (counters summed, sources united, a serial's load time the longer), so that a restart loses only
-what a worker had counted when it died.
+what a worker had counted when it died.  Every `checkpoint` seconds (60) in between, the
+workers' day so far is read and kept by the pool (`WorkerPool.checkpoint_day`): a worker that
+dies loses only what it counted since.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ log = logging.getLogger("imrs.rssac002")
 DaySource = Callable[[bool], Awaitable[tuple[dict[str, int], dict[str, SourceSet]]]]
 #: (serial, first served at (UNIX time), seconds from the trigger) of every kept zone
 LoadTimes = Callable[[], Iterable[tuple[int, float, float]]]
+#: reads and keeps the workers' day so far
+Checkpoint = Callable[[], Awaitable[None]]
+#: seconds between checkpoints (and the longest sleep: a stepped clock is noticed within it)
+CHECKPOINT_SECONDS = 60.0
 
 
 def utc_day(t: float) -> datetime.date:
@@ -44,8 +50,11 @@ class DailyReports:
     """Writes ``service``'s RSSAC002 files into ``directory`` once a UTC day."""
 
     def __init__(self, directory: str | Path, service: str, day_source: DaySource, load_times: LoadTimes,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, checkpoint: Checkpoint | None = None,
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS):
         self.directory = Path(directory)
+        self.checkpoint = checkpoint
+        self.checkpoint_seconds = checkpoint_seconds
         self.service = service
         self.day_source = day_source
         self.load_times = load_times
@@ -57,9 +66,14 @@ class DailyReports:
         while True:
             _, end = day_bounds(self.day)
             # short sleeps: a clock stepped by NTP or a suspended VM is noticed within a minute
-            await asyncio.sleep(min(60.0, max(0.0, end - self.clock())))
+            await asyncio.sleep(min(self.checkpoint_seconds, max(0.0, end - self.clock())))
             if self.clock() >= end:
                 await self.flush(new_day=True)
+            elif self.checkpoint is not None:
+                try:
+                    await self.checkpoint()
+                except (OSError, EOFError, ValueError) as exc:  # the next one comes in a minute
+                    log.warning("RSSAC002: the workers' day so far could not be read: %s", exc)
 
     async def flush(self, new_day: bool = False) -> list[Path]:
         """Write the day counted so far (merged with its files already there); with
