@@ -310,13 +310,14 @@ class Supervisor:
         keepers = self.publisher.keepers
         return DailyReports(config.directory, config.service or self.settings.identity, self.pool.day,
                             lambda: [entry for keeper in keepers for entry in keeper.status.load_times],
-                            checkpoint=self.pool.checkpoint_day, checkpoint_seconds=_checkpoint_seconds())
+                            checkpoint=self.pool.checkpoint_day,
+                            checkpoint_seconds=_seconds_from_env("IMRS_RSSAC002_CHECKPOINT", CHECKPOINT_SECONDS))
 
     async def _start_http(self) -> TelemetryServer | None:
         address = self.settings.http
         if address is None:
             return None
-        history = History(self.telemetry, _dashboard_interval())
+        history = History(self.telemetry, _seconds_from_env("IMRS_DASHBOARD_INTERVAL", DEFAULT_INTERVAL))
         server = TelemetryServer(address, self.telemetry, self.set_draining, history, self.settings.identity)
         try:
             await server.start()
@@ -396,26 +397,16 @@ class Supervisor:
             log.info("stopped: %s", counters)
 
 
-def _checkpoint_seconds() -> float:
-    """Seconds between reads of the workers' RSSAC002 day: 60, or ``IMRS_RSSAC002_CHECKPOINT``
-    (meant for tests)."""
-    text = os.environ.get("IMRS_RSSAC002_CHECKPOINT", "")
+def _seconds_from_env(name: str, default: float) -> float:
+    """Seconds from the environment variable ``name`` (0.1 to 3600; meant for tests, which
+    cannot wait a minute for the RSSAC002 checkpoint or 10 s per dashboard sample), else
+    ``default``."""
+    text = os.environ.get(name, "")
     try:
-        value = float(text) if text else CHECKPOINT_SECONDS
+        value = float(text) if text else default
     except ValueError:
-        value = CHECKPOINT_SECONDS
-    return value if 0.1 <= value <= 3600 else CHECKPOINT_SECONDS
-
-
-def _dashboard_interval() -> float:
-    """Seconds between the dashboard's samples: 10, or ``IMRS_DASHBOARD_INTERVAL`` (meant for
-    tests, which cannot wait 10 s per sample)."""
-    text = os.environ.get("IMRS_DASHBOARD_INTERVAL", "")
-    try:
-        value = float(text) if text else DEFAULT_INTERVAL
-    except ValueError:
-        value = DEFAULT_INTERVAL
-    return value if 0.1 <= value <= 3600 else DEFAULT_INTERVAL
+        value = default
+    return value if 0.1 <= value <= 3600 else default
 
 
 async def _wait_for_stop(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None:
