@@ -140,7 +140,6 @@ def test_a_worker_that_dies_keeps_its_day_until_its_last_checkpoint(tmp_path):
     import signal
     import socket
     import time
-    from pathlib import Path
 
     from serverproc import ROOT_ZONE, ServerProc, query
 
@@ -150,14 +149,9 @@ def test_a_worker_that_dies_keeps_its_day_until_its_last_checkpoint(tmp_path):
                      env={"IMRS_RSSAC002_CHECKPOINT": "0.5"})
     srv.start().wait_ready()
 
-    def workers() -> list[int]:
-        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
-        return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-                and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
     try:
         deadline = time.monotonic() + 30
-        while srv.stderr().count("serving generation") < 2 and len(workers()) < 2:
+        while len(srv.worker_pids()) < 2:
             assert time.monotonic() < deadline, srv.stderr()[-2000:]
             time.sleep(0.1)
         time.sleep(1.0)  # both workers serve
@@ -169,10 +163,10 @@ def test_a_worker_that_dies_keeps_its_day_until_its_last_checkpoint(tmp_path):
                 answered += len(s.recv(4096)) > 0
         assert answered == 60
         time.sleep(1.5)  # a checkpoint or two
-        victim = workers()[0]
+        victim = srv.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while f"(pid {victim}) died" not in srv.stderr() or len(workers()) < 2:
+        while f"(pid {victim}) died" not in srv.stderr() or len(srv.worker_pids()) < 2:
             assert time.monotonic() < deadline, srv.stderr()[-2000:]
             time.sleep(0.1)
     finally:

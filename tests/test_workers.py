@@ -29,36 +29,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "zones" / "testroot"
 OLD, NEW = SHARED / "root-2026082200.zone", SHARED / "root-2026082201.zone"
 
 
-def _children(pid: int) -> list[int]:
-    """The PIDs whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _workers(srv: ServerProc) -> list[int]:
-    """The supervisor's worker processes (its children running the multiprocessing spawn
-    entry point; the control plane is one too, but only once a zone is kept)."""
-    pids = []
-    for pid in _children(srv.proc.pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-            pids.append(pid)
-    return pids
-
-
 def _wait_all_serving(srv: ServerProc, timeout: float = 60.0) -> None:
     """Until the supervisor logs that every worker serves."""
     deadline = time.monotonic() + timeout
@@ -73,14 +43,14 @@ def test_a_worker_that_dies_while_starting_is_started_again(tmp_path):
     srv.start()
     try:
         deadline = time.monotonic() + 30
-        while len(_workers(srv)) < 2:
+        while len(srv.worker_pids()) < 2:
             assert time.monotonic() < deadline, srv.stderr()[-3000:]
             time.sleep(0.01)
-        first = _workers(srv)[0]
+        first = srv.worker_pids()[0]
         os.kill(first, signal.SIGKILL)
         srv.wait_ready()
         _wait_all_serving(srv)
-        assert first not in _workers(srv) and len(_workers(srv)) == 2
+        assert first not in srv.worker_pids() and len(srv.worker_pids()) == 2
         assert "died (exit code -9) while starting; restarting it" in srv.stderr()
     finally:
         srv.stop()
@@ -159,7 +129,7 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(tmp_path):
     srv.start().wait_ready()  # the first worker answers; wait for the other one too
     try:
         _wait_all_serving(srv)
-        workers = _workers(srv)
+        workers = srv.worker_pids()
         assert len(workers) == 2, f"expected 2 workers, found {workers}"
         with Prober(srv.addr) as prober:
             time.sleep(0.5)
@@ -167,14 +137,14 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(tmp_path):
             os.kill(workers[0], signal.SIGKILL)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                now = _workers(srv)
+                now = srv.worker_pids()
                 if len(now) == 2 and workers[0] not in now:
                     break
                 time.sleep(0.1)
             else:
-                pytest.fail(f"no replacement worker within 60 s: {_workers(srv)}\n{srv.stderr()[-3000:]}")
+                pytest.fail(f"no replacement worker within 60 s: {srv.worker_pids()}\n{srv.stderr()[-3000:]}")
             time.sleep(6)  # the replacement builds its snapshot, then takes its share
-        replacement = next(pid for pid in _workers(srv) if pid != workers[1])
+        replacement = next(pid for pid in srv.worker_pids() if pid != workers[1])
         answered = [serial for _, serial in prober.results if serial is not None]
         lost = len(prober.results) - len(answered)
         assert set(answered) == {2026082201}
@@ -217,7 +187,7 @@ refresh-max = 1
     srv = ServerProc(tmp_path, [], config=config)
     srv.start().wait_ready()
     try:
-        assert len(_workers(srv)) >= 2
+        assert len(srv.worker_pids()) >= 2
         with Prober(srv.addr, interval=0.005) as prober:
             deadline = time.monotonic() + 60
             while not any(serial == 2026082200 for _, serial in prober.results[-50:]):
