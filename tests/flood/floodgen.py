@@ -349,7 +349,8 @@ def run_flood(a: argparse.Namespace) -> dict:
         cur = float(rate)
         next_due = t0
         next_check = t0 + 0.1
-        last_drops = drops_start = port_drops(port) if a.adaptive else 0
+        last_drops = drops_start = port_drops(port)
+        read_start = udp_read()
         backoffs = 0
         rate_low = cur
         while True:
@@ -399,11 +400,17 @@ def run_flood(a: argparse.Namespace) -> dict:
                         words[j * step + 3] = socket.htonl((127 << 24) | distinct_source((first + j) % distinct))
         elapsed = time.monotonic() - t0
         total_sent += sent
+        # How fast the server read: the datagrams read from UDP sockets meanwhile (all sockets,
+        # but the flood's server is the only busy one during its segment; the legitimate
+        # client's few hundred answers a second count too), and what the kernel dropped on the
+        # server's own sockets, their buffers full.
+        read = udp_read() - read_start
         segments.append({"port": port, "target_rate": rate, "sent": sent, "seconds": round(elapsed, 3),
-                         "rate": round(sent / elapsed) if elapsed else 0, "send_errors": errors, "calls": calls})
+                         "rate": round(sent / elapsed) if elapsed else 0, "send_errors": errors, "calls": calls,
+                         "server_drops": port_drops(port) - drops_start,
+                         "read_rate": round(read / elapsed) if elapsed else 0})
         if a.adaptive:
-            segments[-1].update({"adaptive_backoffs": backoffs, "adaptive_rate_low": round(rate_low),
-                                 "server_drops": port_drops(port) - drops_start})
+            segments[-1].update({"adaptive_backoffs": backoffs, "adaptive_rate_low": round(rate_low)})
     for s in socks:
         s.close()
     out = {"mode": "flood", "spoofed": spoof, "sent": total_sent, "segments": segments, "pool": count,
@@ -412,6 +419,14 @@ def run_flood(a: argparse.Namespace) -> dict:
     if len(segments) == 1:
         out.update({k: segments[0][k] for k in ("seconds", "rate", "send_errors", "calls")})
     return out
+
+
+def udp_read() -> int:
+    """Datagrams read from UDP sockets on this machine since boot (/proc/net/snmp, Udp
+    InDatagrams, which the kernel counts as an application receives them)."""
+    with open("/proc/net/snmp") as fh:
+        rows = [line.split() for line in fh if line.startswith("Udp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:]))["InDatagrams"])
 
 
 def port_drops(port: int) -> int:
