@@ -20,8 +20,10 @@
 #include <string.h>
 
 /* answer/query.py read_name: the offset after the uncompressed question name at offset 12 of
- * w[:n] (at most 255 octets, no compression), -1 if there is none such.  (udp.c) */
-Py_ssize_t query_name_end(const unsigned char *w, Py_ssize_t n);
+ * w[:n] (at most 255 octets, no compression), -1 if there is none such; and, when `last` is
+ * not NULL, where the name's last label starts (its length octet; 12 for the root), which
+ * the TLD count needs (traffic.c), from the same walk.  (udp.c) */
+Py_ssize_t query_name_end(const unsigned char *w, Py_ssize_t n, Py_ssize_t *last);
 
 /* Is this 16-octet address IPv4-mapped (::ffff:a.b.c.d)?  Such a source counts as IPv4. */
 static inline int

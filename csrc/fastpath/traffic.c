@@ -28,13 +28,15 @@ traffic_size(void)
     return TRAFFIC_SIZE;
 }
 
-/* traffic.py question_of: the qtype and EDNS cell of a query whose question parses; 0 if not */
+/* traffic.py question_of: the qtype and EDNS cell of a query whose question parses, and where
+ * its name's last label starts (traffic.py last_label: the length octet; 12, the root's octet,
+ * for the root); 0 if it does not parse */
 static int
-question_of(const unsigned char *w, Py_ssize_t n, unsigned *qtype, int *edns)
+question_of(const unsigned char *w, Py_ssize_t n, unsigned *qtype, int *edns, Py_ssize_t *last)
 {
     if (n < 12 || !(w[4] || w[5]))
         return 0;
-    Py_ssize_t pos = query_name_end(w, n);
+    Py_ssize_t pos = query_name_end(w, n, last);
     if (pos < 0 || pos + 4 > n)
         return 0;
     *qtype = (w[pos] << 8) | w[pos + 1];
@@ -46,19 +48,6 @@ question_of(const unsigned char *w, Py_ssize_t n, unsigned *qtype, int *edns)
     return 1;
 }
 
-/* traffic.py last_label: where the question name's last label starts (the length octet),
- * for a name that query_name_end accepted; 12 (the root's octet) for the root */
-static Py_ssize_t
-last_label(const unsigned char *w)
-{
-    Py_ssize_t pos = 12, last = 12;
-    while (w[pos]) {
-        last = pos;
-        pos += w[pos] + 1;
-    }
-    return last;
-}
-
 void
 traffic_query(uint64_t *v, TopLabels *tlds, const unsigned char *w, Py_ssize_t n, int tcp, int ipv6)
 {
@@ -68,13 +57,12 @@ traffic_query(uint64_t *v, TopLabels *tlds, const unsigned char *w, Py_ssize_t n
     v[REQUEST_OCTETS + tcp] += (uint64_t)n;
     unsigned qtype;
     int edns;
-    if (question_of(w, n, &qtype, &edns)) {
+    Py_ssize_t last;
+    if (question_of(w, n, &qtype, &edns, &last)) {
         v[QTYPE + (qtype < 256 ? qtype : 256)]++;
         v[EDNS + edns]++;
-        if (tlds != NULL) {
-            Py_ssize_t last = last_label(w);
+        if (tlds != NULL)
             toplabels_add(tlds, w + last + 1, w[last]);
-        }
     }
 }
 

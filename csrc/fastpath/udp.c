@@ -63,9 +63,9 @@ slip_wire(PyObject *response, int has_opt)
 #define MAX_NAME_WIRE 255
 
 Py_ssize_t
-query_name_end(const unsigned char *w, Py_ssize_t n)
+query_name_end(const unsigned char *w, Py_ssize_t n, Py_ssize_t *last)
 {
-    Py_ssize_t pos = 12;
+    Py_ssize_t pos = 12, last_at = 12;
     for (;;) {
         if (pos >= n)
             return -1;
@@ -74,11 +74,14 @@ query_name_end(const unsigned char *w, Py_ssize_t n)
             break;
         if (length & 0xC0)
             return -1; /* a compression pointer or an unknown label type */
+        last_at = pos;
         pos += length + 1;
         if (pos - 12 >= MAX_NAME_WIRE)
             return -1;
     }
     pos++;
+    if (last != NULL)
+        *last = last_at;
     return pos - 12 > MAX_NAME_WIRE ? -1 : pos;
 }
 
@@ -115,7 +118,7 @@ early_reply(const unsigned char *q, Py_ssize_t len, PyObject **response)
         *response = header_only(q, formerr_high, 1);
         return EARLY_REPLY;
     }
-    Py_ssize_t pos = query_name_end(q, len);
+    Py_ssize_t pos = query_name_end(q, len, NULL);
     if (pos < 0 || pos + 4 > len)
         goto formerr;
     int qd = (q[4] << 8) | q[5], an = (q[6] << 8) | q[7], ns = (q[8] << 8) | q[9], ar = (q[10] << 8) | q[11];
