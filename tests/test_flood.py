@@ -32,9 +32,9 @@ test_junk_flood_legit_share
     (both pinned to core 0), and NSD with 2 server processes (reuseport) and imrs with 2
     workers (neither pinned; with core 1 busy with the load, the scheduler keeps both
     processes of each on core 0 about 97 % of the time, sampled 2026-11-30) get the
-    same packets in 4-second segments that take turns (two rounds, the second in reverse
-    order, so that the VM's drift hits all alike; the client asks during the middle 3 s of
-    each).  When the top-rate regime misses by more than the tolerance, two more rounds of it
+    same packets in 4-second segments that take turns (the floor regime once, then two
+    rounds of the top rate, the second in reverse order, so that the VM's drift hits all
+    alike; the client asks during the middle 3 s of each).  When the top-rate regime misses by more than the tolerance, two more rounds of it
     are measured and decided on together with the first two.  Two regimes:
       max    the generator's highest rate.  It outruns a server core: the kernel drops what
              the server cannot read from its socket buffer without regard to who sent it,
@@ -46,8 +46,9 @@ test_junk_flood_legit_share
              the share follows read / flood.  One imrs worker reads about as many queries a
              second of this flood as NSD (150-250k), but the flood's own rate moves between
              segments (430-730k in one run), and with it the shares, by about +-0.1 for
-             each server process alike (see CLEARLY_BELOW).  imrs below half its NSD's share fails; below by more than the
-             tolerance but above that ends as XFAIL with the figures.
+             each server process alike (see CLEARLY_BELOW).  imrs below half its NSD's
+             share fails; below by more than the tolerance but above that ends as XFAIL with
+             the figures.
       floor  FLOOR_RATE (40,000) q/s, a flood NSD absorbs (it keeps 100 %; it reads up to
              about 85,000 q/s on one core here): imrs must keep at least NSD's share, less
              SHARE_TOLERANCE, and never below 97 %.
@@ -387,9 +388,10 @@ def test_junk_flood_legit_share(tmp_path, results):
         drops0 = {n: udp_port_drops(p) for n, p in port_of.items()}
         # The floor regime first: its 4 s at 40,000 q/s let each server make what it makes on
         # first sight of this traffic before the top rate is measured.  For imrs that is small:
-        # the flood's 16,384 packets replayed through a fresh snapshot's C answer sent 3,359 to
+        # the flood's 16,384 packets replayed through a fresh snapshot's C answer left 3,359 to
         # the Python path on the first pass (new name lengths, answers not yet rendered) and
-        # 1,406 on later ones (the malformed messages), about 0.05 s of work in all.
+        # 1,406 on later ones (malformed messages, which the C loop answers before it asks the
+        # C answer), about 0.05 s of work in all.
         f, leg = _run_flood(floor_plan + max_plan, port_of)
         split = len(floor_plan)
         segments = {"floor": (f["segments"][:split], leg["segments"][:split]),
