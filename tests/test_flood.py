@@ -34,8 +34,9 @@ test_junk_flood_legit_share
     processes of each on core 0 about 97 % of the time, sampled 2026-11-30) get the
     same packets in 4-second segments that take turns (the floor regime once, then two
     rounds of the top rate, the second in reverse order, so that the VM's drift hits all
-    alike; the client asks during the middle 3 s of each).  When the top-rate regime misses by more than the tolerance, two more rounds of it
-    are measured and decided on together with the first two.  Two regimes:
+    alike; the client asks during the middle 3 s of each).  When the top-rate regime misses
+    by more than the tolerance, two more rounds of it are measured and decided on together
+    with the first two.  Two regimes:
       max    the generator's highest rate.  It outruns a server core: the kernel drops what
              the server cannot read from its socket buffer without regard to who sent it,
              and NSD keeps 30-60 % here, not the 98-100 % the issue expected.  imrs must keep
