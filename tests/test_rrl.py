@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import sys
 import tracemalloc
 from collections import Counter
@@ -182,6 +183,56 @@ def test_flood_is_held_to_the_rate(per_second):
         assert sum(sent[-10:]) <= 10
     assert rl.stats.limited == per_second * 20 - sum(sent)
     assert rl.stats.blocks == 1
+
+
+class NsdBucket:
+    """One bucket as NSD 4.6.1's rrl_update keeps it (rrl.c; lm is twice rrl-ratelimit): each
+    response counted first, then limited when max(rate, counter + rate/2) >= lm."""
+
+    def __init__(self, lm: int):
+        self.lm, self.rate, self.counter, self.stamp = lm, 0, 0, None
+
+    def limited(self, now: int) -> bool:
+        if self.stamp is None:  # a new bucket
+            self.stamp, self.counter, self.rate = now, 1, 0
+            return 1 >= self.lm
+        if now - self.stamp == 1:
+            self.rate = self.rate // 2 + self.counter
+            self.counter, self.stamp = 1, now
+        elif now - self.stamp > 0:  # rrl_attenuate_bucket
+            elapsed = now - self.stamp
+            self.rate = 0 if elapsed > 16 else (self.rate >> elapsed) + (self.counter >> (elapsed - 1))
+            self.counter, self.stamp = 1, now
+        elif now != self.stamp:  # the clock went back
+            self.rate, self.counter, self.stamp = 0, 1, now
+        else:
+            self.counter += 1
+        value = self.counter + self.rate // 2 if self.counter > self.rate // 2 else self.rate
+        return value >= self.lm
+
+
+def test_a_flood_is_limited_exactly_as_nsd_limits_it():
+    """Second by second, a prefix that floods one bucket at or above the rate (so that every
+    response of it reaches the bucket) gets each response sent or limited as NSD 4.6.1 would:
+    a bucket whose smoothed rate is at the limit is limited from the first response of a
+    second, not only once that second's count is added."""
+    rate = 50
+    rng = random.Random(4)
+    rl, clock = limiter(rate=rate)
+    model = NsdBucket(2 * rate)
+    peer, response = ip("198.51.100.7"), nxdomain("nope.")
+    start = int(clock.t)
+    differ = []
+    for second in range(40):
+        per_second = rng.choice((rate, rate + 1, 2 * rate - 1, 2 * rate, 3 * rate, 8 * rate, rng.randint(rate, 8 * rate)))
+        for i in range(per_second):
+            clock.t = start + second + i / per_second
+            ours = rl.decide(peer, b"", response) != SEND
+            nsd = model.limited(start + second)
+            if ours != nsd:
+                differ.append((second, per_second, i, ours, nsd))
+    assert not differ, f"{len(differ)} decisions differ from NSD's, first (second, per second, index, imrs, nsd): {differ[:5]}"
+    assert rl.stats.limited > 0
 
 
 def test_limit_lifts_when_the_flood_stops():

@@ -542,7 +542,7 @@ gate_account(RrlGate *g, const unsigned char *peer, Py_ssize_t alen, PyObject *p
             return -1;
     }
     bcount[i] = (uint32_t)(c + 1);
-    if (c + h < 2 * g->rate)
+    if (h < g->rate && c + h + 1 < 2 * g->rate) /* NSD: limited when max(r, count + r/2) >= 2 * rate */
         return RRL_SEND;
     uint64_t n = ++blimited[i];
     if (n == 1 && gate_event(g, g->blocked, i, key, peer, alen, peer_obj, response) < 0)

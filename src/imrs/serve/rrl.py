@@ -33,11 +33,14 @@ Accounting (NSD ``rrl_update``).  Time runs in whole-second steps of the clock. 
 keeps ``count``, the responses in the current step, and a smoothed rate folded in at each
 step change, ``r = r/2 + count``, halved once more for each further step without traffic and
 forgotten after 16 (NSD ``rrl_attenuate_bucket``): ``r`` is about twice the recent responses
-per second, a debt that decays by half each second.  A response is limited when
-``count + r/2 >= 2 * rate`` (NSD's limit is twice the rate, as its ``r`` is); so a steady
-``rate`` per second passes, and a flood passes up to ``2 * rate`` in its first second.  As in
-NSD, every response counts, limited or not: a source that keeps flooding at twice the rate or
-more is blocked entirely but for the slips, and sends nothing big back to a spoofed victim.
+per second, a debt that decays by half each second.  Each response is counted first, then
+limited when ``max(r, count + r/2) >= 2 * rate`` (NSD's limit is twice the rate, as its ``r``
+is, and ``rrl_update`` returns that maximum; tests/test_rrl.py checks every decision against a
+model of it); so a steady ``rate`` per second passes, a flood passes up to ``2 * rate - 1`` in
+its first second, and a bucket whose smoothed rate has reached the limit is limited from the
+first response of the next second.  As in NSD, every response counts, limited or not: a
+source that keeps flooding at twice the rate or more is blocked entirely but for the slips,
+and sends nothing big back to a spoofed victim.
 
 Table.  The buckets live in preallocated ``array`` columns of ``table_size`` slots.  A bucket's
 key is SipHash-2-4, under a secret drawn per process, of what identifies it (so that sources
@@ -49,9 +52,10 @@ Gate.  Most sources send far less than the rate, and classifying a response (par
 wire to the SOA or NS owner) costs more than the rest of the decision.  So a second table, of
 prefixes only (``table_size`` slots, two-way set-associative), counts every response of a
 prefix with the same smoothing.  While a prefix's whole traffic stays within
-``count + r/2 <= rate``, none of its buckets can be at its limit (a bucket counts part of the
-prefix's responses and its own r/2 is at most ``rate``, its limit ``2 * rate``) and the
-response is sent without classification.  Once a prefix is over that, each of its responses is
+``count + r/2 <= rate`` (this response counted), none of its buckets can be at its limit (a
+bucket counts part of the prefix's responses, so its own r/2 stays under ``rate`` and its
+count + r/2 within ``rate``, where its limit is ``2 * rate``) and the response is sent
+without classification.  Once a prefix is over that, each of its responses is
 classified and accounted in its bucket.  A prefix new to its gate
 slot (first seen, or back after another prefix took the slot) starts with the largest debt,
 r/2 = ``rate``, so the rest of that second is checked in full: losing a slot to a colliding
@@ -369,7 +373,7 @@ class RateLimiter:
             c = 0
             if blimited[i] and h < self._rate:  # NSD: "unblock" when the rate is back under
                 self._unblocked(now, i, key, peer, response)
-        if c + h < self._limit:
+        if h < self._rate and c + h + 1 < self._limit:  # NSD: limited when max(r, count + r/2) >= 2 * rate
             bcount[i] = c + 1
             return SEND
         # limited, and counted all the same, as NSD counts every response: a source that keeps
