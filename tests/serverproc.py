@@ -55,22 +55,6 @@ def listen_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _children(pid: int) -> list[int]:
-    """The PIDs whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
 class ServerProc:
     def __init__(self, workdir: str | os.PathLike, args: list[str], *, hosts: tuple[str, ...] = ("127.0.0.1",),
                  port: int | None = None, config: str | None = None, env: dict[str, str] | None = None,
@@ -213,7 +197,7 @@ class ServerProc:
         """The supervisor's worker processes: its children running the multiprocessing spawn
         entry point (the control plane is one too, but only once a zone is kept)."""
         pids = []
-        for pid in _children(self.proc.pid):
+        for pid in proc.children(self.proc.pid):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:

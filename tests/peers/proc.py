@@ -141,8 +141,8 @@ def proc_id(pid: int) -> ProcId | None:
     return None if st is None else ProcId(pid, st[2])
 
 
-def descendants(pid: int) -> list[ProcId]:
-    """All live descendants of `pid` (children, grandchildren, ...)."""
+def _children_by_parent() -> dict[int, list[int]]:
+    """{ppid: [pid, ...]} of every live process."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -150,6 +150,17 @@ def descendants(pid: int) -> list[ProcId]:
         st = _stat(int(d))
         if st is not None:
             children.setdefault(st[1], []).append(int(d))
+    return children
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of the live children of `pid`."""
+    return _children_by_parent().get(pid, [])
+
+
+def descendants(pid: int) -> list[ProcId]:
+    """All live descendants of `pid` (children, grandchildren, ...)."""
+    children = _children_by_parent()
     out: list[ProcId] = []
     todo = [pid]
     while todo:
