@@ -430,7 +430,9 @@ def udp_read() -> int:
 
 
 def port_drops(port: int) -> int:
-    """Datagrams the kernel dropped on the UDP sockets bound to ``port`` (/proc/net/udp, last field)."""
+    """Datagrams the kernel dropped (receive buffer full) on the UDP sockets bound to ``port``
+    (any address): the last field of /proc/net/udp, summed over the sockets (one per worker
+    with SO_REUSEPORT).  Per socket, so other traffic on the machine does not count."""
     total = 0
     want = f":{port:04X}"
     with open("/proc/net/udp") as fh:
