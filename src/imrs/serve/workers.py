@@ -316,9 +316,14 @@ class WorkerPool:
             sources[kind] = SourceSet()
             sources[kind].update(departed)
         for slot, reply in zip(live, await asyncio.gather(*waits), strict=True):
+            if reset:
+                # its last reading is of the day that ends now, whether it answered or not: one
+                # that dies later must not bring it into the next day
+                slot.last_day = None
             if not isinstance(reply, dict):
                 continue
-            slot.last_day = None if reset else reply
+            if not reset:
+                slot.last_day = reply
             _add_day(counters, sources, reply)
         if reset:
             self._departed_day = {}
