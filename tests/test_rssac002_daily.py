@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import signal
+import socket
+import time
+
+from serverproc import ROOT_ZONE, ServerProc, query, tcp_ask, udp_ask
 
 from imrs.telemetry.rssac002 import load_report
 from imrs.telemetry.rssac002_daily import DailyReports, day_bounds
@@ -107,8 +113,6 @@ def test_an_unwritable_directory_is_logged_not_raised(tmp_path, caplog):
 def test_a_server_writes_the_day_so_far_when_it_stops(tmp_path):
     """imrs with [rssac002] configured: after 30 UDP and 5 TCP queries from 127.0.0.1 and a
     stop, today's five files are there with at least those queries, and one IPv4 source."""
-    from serverproc import ROOT_ZONE, ServerProc, query, tcp_ask, udp_ask
-
     out = tmp_path / "rssac002"
     srv = ServerProc(tmp_path, ["--zone", str(ROOT_ZONE), "--workers", "2"],
                      config=f'[rssac002]\ndirectory = "{out}"\nservice = "x.root-servers.net"\n')
@@ -136,13 +140,6 @@ def test_a_worker_that_dies_keeps_its_day_until_its_last_checkpoint(tmp_path):
     source ports (spread over both workers), a checkpoint, then one worker is killed and
     replaced.  The day written at the stop still has every query: the dead worker's count
     comes from its last checkpoint (without it, its share of the day would be lost)."""
-    import os
-    import signal
-    import socket
-    import time
-
-    from serverproc import ROOT_ZONE, ServerProc, query
-
     out = tmp_path / "rssac002"
     srv = ServerProc(tmp_path, ["--zone", str(ROOT_ZONE), "--workers", "2", "--rrl-rate", "0"],
                      config=f'[rssac002]\ndirectory = "{out}"\nservice = "x.root-servers.net"\n',
