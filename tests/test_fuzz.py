@@ -70,7 +70,8 @@ def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz-imrs")
     config = work / "imrs.toml"
     # NSID on, so NSID requests are answered with the option; 1232 is the UDP cap checked here.
-    config.write_text('[server]\nedns-buffer-size = 1232\nnsid = "fuzz.imrs.test"\n')
+    # No cap on FORMERR/NOTIMP responses (error-rate 0): every one of them is checked here.
+    config.write_text('[server]\nedns-buffer-size = 1232\nnsid = "fuzz.imrs.test"\n[rrl]\nerror-rate = 0\n')
     srv = ImrsServer(ZONE, work, extra_args=["--config", str(config)])
     srv.start()
     try:

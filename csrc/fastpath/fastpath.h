@@ -72,6 +72,14 @@ extern PyTypeObject SourceCounterType;
 /* count a query's source (4 or 16 octets) */
 void sources_count(SourceCounter *c, const unsigned char *addr, int alen);
 
+/* errlimit.c */
+typedef struct ErrorLimit ErrorLimit;
+extern PyTypeObject ErrorLimitType;
+/* a header-only FORMERR or NOTIMP (what the limit counts) */
+int errlimit_is_error(const unsigned char *r, Py_ssize_t len);
+/* whether one more may go out in this second of the clock; a refusal is counted */
+int errlimit_allow(ErrorLimit *e);
+
 /* udp.c */
 PyObject *udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

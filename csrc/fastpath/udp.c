@@ -158,7 +158,7 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---------------------------------------------------------------------------------------------
  * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None,
- *           sources=None, tlds=None)
+ *           sources=None, tlds=None, error_limit=None)
  *     -> (received, sent, errors)
  *
  * The UDP receive-answer-send loop of serve/udp.py in C: recvmmsg up to VLEN datagrams at a
@@ -173,7 +173,9 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * With `traffic` (TrafficCounters.values, serve/traffic.py) every datagram, every response
  * handed to sendmmsg and each batch's time from receipt to sending are counted, and with
  * `sources` (a SourceCounter) every datagram's source address (traffic.c), and with `tlds` (a
- * TopLabels) the top-level label of every question that parses.
+ * TopLabels) the top-level label of every question that parses.  With `error_limit` (an
+ * ErrorLimit), a header-only FORMERR or NOTIMP made here goes out only while the limit allows
+ * it, before the gate sees it (the handler applies the same limit to what it makes).
  * The callbacks are expected to catch their own errors; one that escapes anyway (or an error
  * in the gate) is cleared, counted in ``errors``, and that datagram gets no answer.  A
  * datagram cut short (MSG_TRUNC) is dropped.  Buffers are allocated once (the GIL serialises
@@ -190,9 +192,9 @@ static struct mmsghdr recv_msgs[VLEN], send_msgs[VLEN];
 PyObject *
 udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 4 || nargs > 10) {
+    if (nargs < 4 || nargs > 11) {
         PyErr_SetString(PyExc_TypeError, "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, "
-                                         "limited=None, traffic=None, sources=None, tlds=None)");
+                                         "limited=None, traffic=None, sources=None, tlds=None, error_limit=None)");
         return NULL;
     }
     int fd = (int)PyLong_AsLong(args[0]);
@@ -226,6 +228,14 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         tlds = (TopLabels *)args[9];
+    }
+    ErrorLimit *error_limit = NULL;
+    if (nargs > 10 && args[10] != Py_None) {
+        if (!PyObject_TypeCheck(args[10], &ErrorLimitType)) {
+            PyErr_SetString(PyExc_TypeError, "udp_drain: error_limit must be an ErrorLimit");
+            return NULL;
+        }
+        error_limit = (ErrorLimit *)args[10];
     }
     Py_buffer traffic_view = {0};
     uint64_t *traffic = NULL;
@@ -302,6 +312,12 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 else if (response == NULL)
                     PyErr_Clear(); /* (memory) the handler tries the Python path */
                 c_made = response != NULL;
+            }
+            if (response != NULL && error_limit != NULL &&
+                errlimit_is_error((const unsigned char *)PyBytes_AS_STRING(response), PyBytes_GET_SIZE(response)) &&
+                !errlimit_allow(error_limit)) {
+                Py_DECREF(response); /* over the error limit: no answer, and nothing for the gate */
+                continue;
             }
             if (response != NULL) {
                 int verdict = gate != NULL ? gate_decide(gate, (const unsigned char *)addr, alen, NULL, response) : RRL_SEND;

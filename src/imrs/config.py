@@ -203,6 +203,10 @@ class RrlConfig:
     log_only: bool = False
     #: Buckets in the table (memory is fixed by this, whatever the number of sources).
     table_size: int = 200_000
+    #: Header-only FORMERR and NOTIMP responses (the answers to junk) per second per worker,
+    #: whatever their sources, as NSD caps them at 100; more are dropped.  Independent of
+    #: ``rate``: it applies with RRL off too.  0 = no cap.  See imrs.serve.errlimit.
+    error_rate: int = 100
 
     @property
     def enabled(self) -> bool:
@@ -750,7 +754,8 @@ TSIG_ALGORITHMS: tuple[str, ...] = ("hmac-sha256", "hmac-sha384", "hmac-sha512",
 ON_EXPIRY: tuple[str, ...] = ("refuse", "servfail", "drop")
 _SOURCE_SCHEMES: tuple[str, ...] = ("ixfr", "axfr", "http", "https", "file")
 _SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key", "rrl", "cookies", "rssac002", "dnstap")
-_RRL_KEYS: tuple[str, ...] = ("rate", "slip", "ipv4-prefix-length", "ipv6-prefix-length", "exempt", "log-only", "table-size")
+_RRL_KEYS: tuple[str, ...] = ("rate", "slip", "ipv4-prefix-length", "ipv6-prefix-length", "exempt", "log-only", "table-size",
+                               "error-rate")
 _COOKIE_KEYS: tuple[str, ...] = ("enabled", "secret", "previous-secrets", "secret-file", "rotate-interval", "require")
 
 
@@ -1196,6 +1201,7 @@ class _Checker:
             "exempt": ("exempt", lambda v: _want_strings(v, _check_network)),
             "log-only": ("log_only", _want_bool),
             "table-size": ("table_size", lambda v: _want_int(v, 1024, 10**7)),
+            "error-rate": ("error_rate", lambda v: _want_int(v, 0, 10**7)),
         })
         return RrlConfig(**fields) if fields is not None else None
 

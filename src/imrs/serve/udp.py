@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from imrs.answer import fastc
 from imrs.serve import batchio
+from imrs.serve.errlimit import Limit, is_error
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.rrl import SEND, SLIP, RateLimiter, slip_response
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
@@ -38,7 +39,8 @@ class UdpListener:
     def __init__(self, sock: socket.socket, holder: SnapshotHolder, stats: ServeStats,
                  notify: NotifyReceiver | None = None, rrl: RateLimiter | None = None,
                  cookie_check: Callable[[bytes, bytes], bool] | None = None,
-                 traffic: TrafficCounters | None = None, tap: DnstapWriter | None = None):
+                 traffic: TrafficCounters | None = None, tap: DnstapWriter | None = None,
+                 error_limit: Limit | None = None):
         self.sock = sock
         #: dnstap (telemetry/dnstap.py): every query and response logged, sampled as configured;
         #: it takes the Python handler for every datagram (the C loop still receives and sends)
@@ -52,6 +54,8 @@ class UdpListener:
         self.holder = holder
         self.stats = stats
         self.rrl = rrl
+        #: the worker's cap on header-only FORMERR and NOTIMP responses (serve/errlimit.py)
+        self.error_limit = error_limit
         #: whether a query carries a valid server cookie from the peer (exempt from RRL)
         self.cookie_check = cookie_check
         self.ipv6 = sock.family == socket.AF_INET6
@@ -97,6 +101,7 @@ class UdpListener:
         else:
             answer = snapshot.answer
         limited = self._limited
+        error_limit = self.error_limit
         tap = self.tap
         local, local_port = self._local
 
@@ -110,6 +115,8 @@ class UdpListener:
                     response = fast(compiled, wire, False, ipv6) if fast is not None else None
                     if response is None:
                         response = answer(wire, False, ipv6, peer)
+                if response is not None and error_limit is not None and is_error(response) and not error_limit.allow():
+                    response = None  # over the error cap: no answer, and nothing for RRL
                 if response is not None and decide is not None:
                     verdict = decide(peer, wire, response)
                     if verdict != SEND:
@@ -184,7 +191,8 @@ class UdpListener:
                                                None, None, None, traffic, sources, tlds)
         else:
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot, c_tried=True),
-                                               self.ipv6, BATCH, compiled, gate, self._limited, traffic, sources, tlds)
+                                               self.ipv6, BATCH, compiled, gate, self._limited, traffic, sources, tlds,
+                                               self.error_limit)
         self.stats.udp_received += received
         self.stats.udp_sent += sent
         self.stats.internal_errors += errors

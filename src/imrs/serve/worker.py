@@ -33,6 +33,7 @@ from imrs.answer.respond import AnswerOptions
 from imrs.config import Settings
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.publish import Publication, SnapshotBuilder
+from imrs.serve.errlimit import make_error_limit
 from imrs.serve.rrl import RateLimiter
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
 from imrs.serve.tcp import TcpListener
@@ -92,6 +93,8 @@ class DataPlane:
         self.cookie_check = cookies.valid_server_cookie if cookies is not None else None
         #: one table for all of the worker's UDP sockets (memory is fixed by its size)
         self.rrl = RateLimiter(settings.rrl) if settings.rrl.enabled else None
+        #: the cap on FORMERR and NOTIMP responses, one count for all UDP sockets (None: off)
+        self.error_limit = make_error_limit(settings.rrl.error_rate)
         #: dnstap, one writer per worker (a file each, or a connection each to the socket)
         self.tap = (DnstapWriter.from_config(settings.dnstap, index, settings.worker_count)
                     if settings.dnstap.enabled else None)
@@ -105,7 +108,7 @@ class DataPlane:
         for sock in sockets:
             if sock.type == socket.SOCK_DGRAM:
                 listener = UdpListener(sock, self.holder, self.stats, self.notify, self.rrl, self.cookie_check,
-                                       self.traffic, self.tap)
+                                       self.traffic, self.tap, self.error_limit)
                 listener.start(loop)
                 self.udp.append(listener)
             else:
@@ -140,6 +143,8 @@ class DataPlane:
             counters.update({f"dnstap_{key}": value for key, value in self.tap.counters().items()})
         if self.rrl is not None:
             counters.update({f"rrl_{key}": value for key, value in self.rrl.stats.as_dict().items()})
+        if self.error_limit is not None:
+            counters["errors_limited"] = self.error_limit.dropped
         if self.cookies is not None:
             counters.update({f"cookie_{name}": n for name, n in zip(COOKIE_RESULTS, self.cookies.counts) if n})
         for listener in self.udp:

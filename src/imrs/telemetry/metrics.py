@@ -56,6 +56,7 @@ _SIMPLE_COUNTERS: dict[str, tuple[str, str]] = {
     "tcp_timeouts": ("imrs_tcp_timeouts", "TCP connections closed by the idle or session timeout"),
     "internal_errors": ("imrs_internal_errors", "queries that hit an internal error"),
     "send_errors": ("imrs_send_errors", "responses the kernel did not take"),
+    "errors_limited": ("imrs_error_responses_limited", "FORMERR and NOTIMP responses not sent: over [rrl] error-rate"),
     "truncated": ("imrs_responses_truncated", "responses sent with TC set"),
     "workers_restarted": ("imrs_worker_restarts", "workers restarted after dying"),
 }

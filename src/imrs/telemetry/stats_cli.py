@@ -160,7 +160,7 @@ def format_stats(data: Mapping[str, Any]) -> str:
     row("EDNS", _pairs([("none", c.get("edns_none", 0)), ("plain", c.get("edns_plain", 0)), ("DO", c.get("edns_do", 0))]))
     row("Truncated", f"{c.get('truncated', 0):,}")
     row("UDP", _pairs([("received", c.get("udp_received", 0)), ("sent", c.get("udp_sent", 0)),
-                       ("send errors", c.get("send_errors", 0))]))
+                       ("send errors", c.get("send_errors", 0)), ("errors limited", c.get("errors_limited", 0))]))
     row("TCP", _pairs([("connections", c.get("tcp_connections", 0)), ("queries", c.get("tcp_queries", 0)),
                        ("refused", c.get("tcp_refused", 0)), ("timeouts", c.get("tcp_timeouts", 0))]))
     rrl = _prefixed(c, "rrl_")
