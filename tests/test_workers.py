@@ -215,3 +215,22 @@ refresh-max = 1
         assert "switched within" in srv.stderr()
     finally:
         srv.stop()
+
+
+def test_udp_sockets_get_nsds_receive_buffer():
+    """1 MB asked (the kernel doubles it), as NSD asks, past net.core.rmem_max where the process
+    may (root); a deeper queue would only delay every answer under a flood."""
+    from imrs.config import parse_listen
+    from imrs.serve.server import UDP_RECEIVE_BUFFER, bind_sockets
+
+    udp, tcp = bind_sockets(parse_listen(f"127.0.0.1:{proc.free_port('127.0.0.1')}"))
+    try:
+        got = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        udp.close()
+        tcp.close()
+    if os.geteuid() == 0:
+        assert got == 2 * UDP_RECEIVE_BUFFER
+    else:
+        rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+        assert got == 2 * min(UDP_RECEIVE_BUFFER, rmem_max)

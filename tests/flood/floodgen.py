@@ -5,6 +5,7 @@ Run it as its own process, pinned to one core, for a bounded time; it prints one
 
     cd tests && python -m flood.floodgen flood   --port 5300 --duration 5 --sources 500 --cpu 1
     cd tests && python -m flood.floodgen flood   --schedule 5300:0:4,5301:0:4 --gap 1 --cpu 1
+    cd tests && python -m flood.floodgen flood   --schedule 5300+5301:0:4 --cpu 1
     cd tests && python -m flood.floodgen reflect --port 5300 --duration 3 --rate 20500 --cpu 1
     cd tests && python -m flood.floodgen legit   --port 5300 --duration 4 --rate 200 --cpu 1
     cd tests && python -m flood.floodgen tcphold --port 5300 --connections 3000 --duration 30
@@ -43,7 +44,10 @@ tcphold  Opens ``--connections`` TCP connections, each from its own source addre
 ``--schedule PORT:RATE:SECONDS,...`` (flood and legit) runs segments one after the other, with
 ``--gap`` seconds between, each against its own port: given the same schedule and
 ``--start-at`` (CLOCK_REALTIME seconds; everything is prepared before it), a flood and a
-legitimate client take turns against several servers in step.  Only ever sends to
+legitimate client take turns against several servers in step.  A segment's PORT may be
+several ports joined by ``+`` (``5300+5301:0:4``): the flood deals its packets out to them in
+turn and the legitimate client asks each at ``--rate``, so that servers are measured side by
+side under the same flood; each port is reported in an entry of its own.  Only ever sends to
 127.0.0.0/8 (and refuses anything else).
 """
 
@@ -258,21 +262,24 @@ def can_spoof() -> bool:
 # --------------------------------------------------------------------------- modes
 
 
-def parse_schedule(a: argparse.Namespace) -> list[tuple[int, int, float]]:
-    """[(port, rate, seconds)]: ``--schedule PORT:RATE:SECONDS,...`` or one segment from
-    ``--port/--rate/--duration``.  Segments follow one another with ``--gap`` seconds between."""
+def parse_schedule(a: argparse.Namespace) -> list[tuple[tuple[int, ...], int, float]]:
+    """[(ports, rate, seconds)]: ``--schedule PORTS:RATE:SECONDS,...`` or one segment from
+    ``--port/--rate/--duration``.  Segments follow one another with ``--gap`` seconds between.
+    PORTS is one port, or several joined by ``+``: the segment's traffic is dealt out among
+    them in turn (packet k to the k-th port, round robin), so that servers on those ports get
+    the same flood at the same time, side by side; each is reported apart."""
     if not a.schedule:
-        return [(a.port, a.rate or 0, a.duration)]
+        return [((a.port,), a.rate or 0, a.duration)]
     out = []
     for item in a.schedule.split(","):
-        port, rate, seconds = item.split(":")
-        out.append((int(port), int(rate), float(seconds)))
+        ports, rate, seconds = item.split(":")
+        out.append((tuple(int(p) for p in ports.split("+")), int(rate), float(seconds)))
     return out
 
 
-def segment_starts(t0: float, schedule: list[tuple[int, int, float]], gap: float) -> list[float]:
+def segment_starts(t0: float, schedule: list[tuple[tuple[int, ...], int, float]], gap: float) -> list[float]:
     starts, t = [], t0
-    for _port, _rate, seconds in schedule:
+    for _ports, _rate, seconds in schedule:
         starts.append(t)
         t += seconds + gap
     return starts
@@ -293,7 +300,7 @@ def run_flood(a: argparse.Namespace) -> dict:
     count = a.pool
     if distinct:
         count = min(count, distinct)
-    port0 = schedule[0][0]
+    port0 = schedule[0][0][0]
     if spoof:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         sock.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE (root)
@@ -326,11 +333,14 @@ def run_flood(a: argparse.Namespace) -> dict:
     passes = 0
     i = 0
     segments = []
-    for (port, rate, seconds), seg_start in zip(schedule, starts):
-        if spoof:  # aim the pool at this segment's port (UDP destination port at octet 22)
-            value = socket.htons(port)
+    for (ports, rate, seconds), seg_start in zip(schedule, starts):
+        port = ports[0]
+        if spoof:  # aim the pool at this segment's ports (UDP destination port at octet 22), in turn
+            values = [socket.htons(p) for p in ports]
             for j in range(count):
-                halves[j * (STRIDE // 2) + 11] = value
+                halves[j * (STRIDE // 2) + 11] = values[j % len(values)]
+        elif len(ports) > 1:
+            raise SystemExit("floodgen: several ports at once need root (raw socket)")
         else:
             for s in socks:
                 s.connect((a.host, port))
@@ -349,8 +359,10 @@ def run_flood(a: argparse.Namespace) -> dict:
         cur = float(rate)
         next_due = t0
         next_check = t0 + 0.1
-        last_drops = drops_start = port_drops(port)
+        last_drops = port_drops(port)
+        drops_start = [port_drops(p) for p in ports]
         read_start = udp_read()
+        i_start, passes_start = i, passes
         backoffs = 0
         rate_low = cur
         while True:
@@ -405,12 +417,26 @@ def run_flood(a: argparse.Namespace) -> dict:
         # client's few hundred answers a second count too), and what the kernel dropped on the
         # server's own sockets, their buffers full.
         read = udp_read() - read_start
-        segments.append({"port": port, "target_rate": rate, "sent": sent, "seconds": round(elapsed, 3),
-                         "rate": round(sent / elapsed) if elapsed else 0, "send_errors": errors, "calls": calls,
-                         "server_drops": port_drops(port) - drops_start,
-                         "read_rate": round(read / elapsed) if elapsed else 0})
-        if a.adaptive:
-            segments[-1].update({"adaptive_backoffs": backoffs, "adaptive_rate_low": round(rate_low)})
+        if len(ports) == 1:
+            segments.append({"port": port, "target_rate": rate, "sent": sent, "seconds": round(elapsed, 3),
+                             "rate": round(sent / elapsed) if elapsed else 0, "send_errors": errors, "calls": calls,
+                             "server_drops": port_drops(port) - drops_start[0],
+                             "read_rate": round(read / elapsed) if elapsed else 0})
+            if a.adaptive:
+                segments[-1].update({"adaptive_backoffs": backoffs, "adaptive_rate_low": round(rate_low)})
+        else:
+            # One entry per port: what was aimed at it (slots k of the pool with k % n its turn),
+            # what its sockets dropped, and what they took in (aimed less dropped: in a flood
+            # that outruns the server, what it read, less the few thousand left in its buffer).
+            first = passes_start * count + i_start
+            for n, p in enumerate(ports):
+                mine = _turns(first, first + sent, count, n, len(ports))
+                dropped = port_drops(p) - drops_start[n]
+                segments.append({"port": p, "ports": list(ports), "target_rate": rate, "sent": mine,
+                                 "seconds": round(elapsed, 3), "rate": round(mine / elapsed) if elapsed else 0,
+                                 "send_errors": errors, "calls": calls, "server_drops": dropped,
+                                 "read_rate": round((mine - dropped) / elapsed) if elapsed else 0,
+                                 "read_rate_all": round(read / elapsed) if elapsed else 0})
     for s in socks:
         s.close()
     out = {"mode": "flood", "spoofed": spoof, "sent": total_sent, "segments": segments, "pool": count,
@@ -419,6 +445,18 @@ def run_flood(a: argparse.Namespace) -> dict:
     if len(segments) == 1:
         out.update({k: segments[0][k] for k in ("seconds", "rate", "send_errors", "calls")})
     return out
+
+
+def _turns(start: int, end: int, count: int, n: int, k: int) -> int:
+    """Packets n-th in turn (slot % k == n) among the pool positions start..end-1 (positions
+    run on over passes: slot = position % count)."""
+    def before(pos: int) -> int:  # such packets at positions 0..pos-1
+        full, rest = divmod(pos, count)
+        per_pass = (count - n + k - 1) // k if n < count else 0
+        partial = (rest - n + k - 1) // k if n < rest else 0
+        return full * per_pass + partial
+
+    return before(end) - before(start)
 
 
 def udp_read() -> int:
@@ -559,6 +597,7 @@ class _LegitSegment:
         self.sock = sock
         self.deadline = deadline
         self.pending: dict[int, tuple[float, bytes]] = {}
+        self.sent = 0
         self.c = {"answered": 0, "late": 0, "tc": 0, "error_rcode": 0, "bad": 0}
         self.latencies: list[float] = []
 
@@ -605,8 +644,8 @@ def run_legit(a: argparse.Namespace) -> dict:
     until as long before its end) and reports each segment apart."""
     _check_dst(a.host)
     schedule = parse_schedule(a)
-    windows = [(port, seconds - 2 * a.margin) for port, _rate, seconds in schedule]
-    n_total = sum(int(a.rate * w) + 1 for _p, w in windows)
+    windows = [(ports, seconds - 2 * a.margin) for ports, _rate, seconds in schedule]
+    n_total = sum((int(a.rate * w) + 1) * len(p) for p, w in windows)
     if n_total > 65536:
         raise SystemExit("legit: too many queries for unique IDs")
     rng = random.Random(a.seed)
@@ -622,46 +661,57 @@ def run_legit(a: argparse.Namespace) -> dict:
     starts = segment_starts(time.monotonic(), schedule, a.gap)
     segments = []
     next_wire = 0
-    for (port, window), seg_start in zip(windows, starts):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((a.source, 0))
-        sock.connect((a.host, port))
-        sock.setblocking(False)
-        seg = _LegitSegment(sock, a.deadline)
+    for (ports, window), seg_start in zip(windows, starts):
+        # one socket per port (several ports: the servers side by side, each asked at --rate,
+        # in turn); each is reported apart
+        segs = []
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((a.source, 0))
+            sock.connect((a.host, port))
+            sock.setblocking(False)
+            segs.append(_LegitSegment(sock, a.deadline))
+        socks = [seg.sock for seg in segs]
         delay = seg_start + a.margin - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        n_seg = int(a.rate * window) + 1
+        n_seg = (int(a.rate * window) + 1) * len(ports)
+        pace = a.rate * len(ports)
         t0 = time.monotonic()
         sent = 0
         while sent < n_seg:
             now = time.monotonic()
-            due = t0 + sent / a.rate
+            due = t0 + sent / pace
             if due > now:
-                seg.drain(buf)
-                select.select([sock], [], [], max(0.0, min(due - time.monotonic(), 0.01)))
+                for seg in segs:
+                    seg.drain(buf)
+                select.select(socks, [], [], max(0.0, min(due - time.monotonic(), 0.01)))
                 continue
             wire = wires[next_wire]
             next_wire += 1
+            seg = segs[sent % len(segs)]
             seg.pending[(wire[0] << 8) | wire[1]] = (time.monotonic(), wire)
+            seg.sent += 1
             try:
-                sock.send(wire)
+                seg.sock.send(wire)
             except (BlockingIOError, ConnectionRefusedError):
                 pass
             sent += 1
             seg.drain(buf)
         elapsed = time.monotonic() - t0
         end = time.monotonic() + a.deadline + 0.1
-        while time.monotonic() < end and seg.pending:
-            select.select([sock], [], [], 0.05)
+        while time.monotonic() < end and any(seg.pending for seg in segs):
+            select.select(socks, [], [], 0.05)
+            for seg in segs:
+                seg.drain(buf)
+        for port, seg in zip(ports, segs):
             seg.drain(buf)
-        seg.drain(buf)
-        sock.close()
-        segments.append({"port": port, "sent": sent, **seg.c,
-                         "share": round(seg.c["answered"] / sent, 4) if sent else 0.0,
-                         "unanswered": len(seg.pending), "seconds": round(elapsed, 3),
-                         "rate": round(sent / elapsed) if elapsed else 0,
-                         "latency_ms_p50": seg.percentile_ms(0.5), "latency_ms_p99": seg.percentile_ms(0.99)})
+            seg.sock.close()
+            segments.append({"port": port, "sent": seg.sent, **seg.c,
+                             "share": round(seg.c["answered"] / seg.sent, 4) if seg.sent else 0.0,
+                             "unanswered": len(seg.pending), "seconds": round(elapsed, 3),
+                             "rate": round(seg.sent / elapsed) if elapsed else 0,
+                             "latency_ms_p50": seg.percentile_ms(0.5), "latency_ms_p99": seg.percentile_ms(0.99)})
     out = {"mode": "legit", "segments": segments}
     if len(segments) == 1:
         out.update(segments[0])
