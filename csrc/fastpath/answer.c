@@ -103,6 +103,10 @@ typedef struct {
 typedef struct {
     PyObject *names; /* a strong reference */
     IndexSlot *slots;
+    /* tags[i]: 0 for an empty slot, else the top bits of its hash (never 0).  A probe reads
+     * these 4 octets, not the 48 of a slot: random names (a junk flood's) miss the index, and
+     * the tags stay in cache where the slots do not. */
+    uint32_t *tags;
     size_t mask;
     struct {
         size_t offset;
@@ -138,19 +142,30 @@ index_free(PyObject *capsule)
             Py_XDECREF(index->slots[i].entry);
     Py_XDECREF(index->names);
     PyMem_Free(index->slots);
+    PyMem_Free(index->tags);
     PyMem_Free(index->labels);
     PyMem_Free(index->arena);
     PyMem_Free(index);
+}
+
+static uint32_t
+hash_tag(uint64_t h)
+{
+    return (uint32_t)(h >> 32) | 1;
 }
 
 static const IndexSlot *
 index_find(const NameIndex *index, const unsigned char *key, Py_ssize_t klen)
 {
     uint64_t h = name_hash(key, klen);
+    uint32_t tag = hash_tag(h);
     for (size_t i = h & index->mask;; i = (i + 1) & index->mask) {
-        const IndexSlot *slot = &index->slots[i];
-        if (slot->entry == NULL)
+        uint32_t t = index->tags[i];
+        if (t == 0)
             return NULL;
+        if (t != tag)
+            continue;
+        const IndexSlot *slot = &index->slots[i];
         if (slot->hash == h && slot->klen == klen && memcmp(slot->key, key, klen) == 0)
             return slot;
     }
@@ -228,11 +243,12 @@ build_name_index(PyObject *compiled)
         size *= 2;
     index->mask = size - 1;
     index->slots = PyMem_Calloc(size, sizeof(IndexSlot));
+    index->tags = PyMem_Calloc(size, sizeof(uint32_t));
     Py_ssize_t nlabels = 0;
     size_t arena_len = 0;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
-    int ok = index->slots != NULL;
+    int ok = index->slots != NULL && index->tags != NULL;
     while (ok && PyDict_Next(names, &pos, &key, &value)) { /* sizes of the gap labels first */
         PyObject *labels = get_attr(value, s_gap_labels);
         if (labels != NULL && PyList_CheckExact(labels)) {
@@ -262,6 +278,7 @@ build_name_index(PyObject *compiled)
         while (index->slots[i].entry != NULL)
             i = (i + 1) & index->mask;
         IndexSlot *slot = &index->slots[i];
+        index->tags[i] = hash_tag(h);
         slot->key = k;
         slot->klen = klen;
         slot->hash = h;
@@ -291,7 +308,7 @@ build_name_index(PyObject *compiled)
     }
     if (!ok) {
         Py_DECREF(capsule);
-        if (!PyErr_Occurred() && index->slots == NULL)
+        if (!PyErr_Occurred() && (index->slots == NULL || index->tags == NULL))
             PyErr_NoMemory();
         return NULL;
     }
