@@ -46,7 +46,7 @@ tcphold  Opens ``--connections`` TCP connections, each from its own source addre
 ``--start-at`` (CLOCK_REALTIME seconds; everything is prepared before it), a flood and a
 legitimate client take turns against several servers in step.  A segment's PORT may be
 several ports joined by ``+`` (``5300+5301:0:4``): the flood deals its packets out to them in
-turn and the legitimate client asks each at ``--rate``, so that servers are measured side by
+turn and the legitimate client asks each the same queries at ``--rate``, so that servers are measured side by
 side under the same flood; each port is reported in an entry of its own.  Only ever sends to
 127.0.0.0/8 (and refuses anything else).
 """
@@ -645,7 +645,7 @@ def run_legit(a: argparse.Namespace) -> dict:
     _check_dst(a.host)
     schedule = parse_schedule(a)
     windows = [(ports, seconds - 2 * a.margin) for ports, _rate, seconds in schedule]
-    n_total = sum((int(a.rate * w) + 1) * len(p) for p, w in windows)
+    n_total = sum(int(a.rate * w) + 1 for _p, w in windows)
     if n_total > 65536:
         raise SystemExit("legit: too many queries for unique IDs")
     rng = random.Random(a.seed)
@@ -662,8 +662,8 @@ def run_legit(a: argparse.Namespace) -> dict:
     segments = []
     next_wire = 0
     for (ports, window), seg_start in zip(windows, starts):
-        # one socket per port (several ports: the servers side by side, each asked at --rate,
-        # in turn); each is reported apart
+        # one socket per port (several ports: the servers side by side, each asked the same
+        # query at once, at --rate, whose turn is first changing every time); each reported apart
         segs = []
         for port in ports:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -675,13 +675,12 @@ def run_legit(a: argparse.Namespace) -> dict:
         delay = seg_start + a.margin - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        n_seg = (int(a.rate * window) + 1) * len(ports)
-        pace = a.rate * len(ports)
+        n_seg = int(a.rate * window) + 1
         t0 = time.monotonic()
         sent = 0
         while sent < n_seg:
             now = time.monotonic()
-            due = t0 + sent / pace
+            due = t0 + sent / a.rate
             if due > now:
                 for seg in segs:
                     seg.drain(buf)
@@ -689,15 +688,17 @@ def run_legit(a: argparse.Namespace) -> dict:
                 continue
             wire = wires[next_wire]
             next_wire += 1
-            seg = segs[sent % len(segs)]
-            seg.pending[(wire[0] << 8) | wire[1]] = (time.monotonic(), wire)
-            seg.sent += 1
-            try:
-                seg.sock.send(wire)
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
+            first = sent % len(segs)
+            for seg in segs[first:] + segs[:first]:
+                seg.pending[(wire[0] << 8) | wire[1]] = (time.monotonic(), wire)
+                seg.sent += 1
+                try:
+                    seg.sock.send(wire)
+                except (BlockingIOError, ConnectionRefusedError):
+                    pass
             sent += 1
-            seg.drain(buf)
+            for seg in segs:
+                seg.drain(buf)
         elapsed = time.monotonic() - t0
         end = time.monotonic() + a.deadline + 0.1
         while time.monotonic() < end and any(seg.pending for seg in segs):
