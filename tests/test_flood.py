@@ -32,9 +32,9 @@ test_junk_flood_legit_share
     and NSD with 2 server processes (reuseport) beside imrs with 2 workers, all pinned to core
     0.  Side by side: in each 4-second segment the flood's packets are dealt out in turn to
     the two servers of a pair, so that both get the same flood at the same moment, on the
-    same core, and the client asks each of them at 200 q/s during the middle 3 s (the floor
-    regime once, one server at a time; then two rounds of the top rate, the second with the
-    pairs and their turns reversed).  When the top-rate regime misses by more than the
+    same core, and the client asks each of them the same queries at 200 q/s during the middle
+    3 s (the floor regime once, one server at a time; then two rounds of the top rate, the
+    second with the pairs and their turns reversed).  When the top-rate regime misses by more than the
     tolerance, two more rounds of it are measured and decided on together with the first two.
     Two regimes:
       max    the generator's highest rate.  It outruns a server core: the kernel drops what
