@@ -10,11 +10,11 @@ import socket
 import time
 
 import pytest
+from serverproc import ROOT_ZONE, ServerProc, query
 
 from imrs.answer import fastc
 from imrs.config import ConfigError, RrlConfig, load_config
 from imrs.serve.errlimit import ErrorLimit, is_error, make_error_limit
-from serverproc import ROOT_ZONE, ServerProc, query
 
 NATIVE = fastc.enabled() and hasattr(fastc._fastpath, "ErrorLimit")
 KINDS = [ErrorLimit] + ([fastc._fastpath.ErrorLimit] if NATIVE else [])

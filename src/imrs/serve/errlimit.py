@@ -36,7 +36,7 @@ class Limit(Protocol):
 class ErrorLimit:
     """At most ``rate`` error responses in each second of the clock; 0 = no limit."""
 
-    __slots__ = ("rate", "dropped", "_second", "_count")
+    __slots__ = ("_count", "_second", "dropped", "rate")
 
     def __init__(self, rate: int):
         if rate < 0:

@@ -31,9 +31,9 @@ from multiprocessing.reduction import recv_handle
 from imrs.answer.cookies import COOKIE_RESULTS, CookieJar, make_cookie_jar
 from imrs.answer.respond import AnswerOptions
 from imrs.config import Settings
+from imrs.serve.errlimit import make_error_limit
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.publish import Publication, SnapshotBuilder
-from imrs.serve.errlimit import make_error_limit
 from imrs.serve.rrl import RateLimiter
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
 from imrs.serve.tcp import TcpListener
