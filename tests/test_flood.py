@@ -34,9 +34,9 @@ test_junk_flood_legit_share
     the two servers of a pair, so that both get the same flood at the same moment, on the
     same core, and the client asks each of them the same queries at 200 q/s during the middle
     3 s (the floor regime once, one server at a time; then two rounds of the top rate, the
-    second with the pairs and their turns reversed).  When the top-rate regime misses by more than the
-    tolerance, two more rounds of it are measured and decided on together with the first two.
-    Two regimes:
+    second with the pairs and their turns reversed).  When the top-rate regime misses by more
+    than the tolerance, two more rounds of it are measured and decided on together with the
+    first two.  Two regimes:
       max    the generator's highest rate.  It outruns a server core: the kernel drops what
              the server cannot read from its socket buffer without regard to who sent it,
              and NSD keeps 30-45 % here, not the 98-100 % the issue expected.  imrs must keep
@@ -320,7 +320,7 @@ def _share(segments: list[dict], port: int) -> tuple[float, int, int]:
 def _run_flood(plan: list[tuple[tuple[str, ...], int]], port_of: dict[str, int]) -> tuple[dict, dict]:
     """The flood and the legitimate client over the plan's segments ((servers, rate), rate 0:
     the generator's highest; several servers: side by side, the flood's packets dealt out
-    among them in turn and the client asking each at LEGIT_RATE); their results, one entry
+    among them in turn and the client asking each the same queries at LEGIT_RATE); their results, one entry
     per server and segment."""
     schedule = ",".join(f"{'+'.join(str(port_of[n]) for n in names)}:{rate}:{SEGMENT_SECONDS}" for names, rate in plan)
     start_at = time.time() + 2.0  # both generators prebuild their packets meanwhile

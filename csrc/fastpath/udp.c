@@ -189,6 +189,22 @@ static struct sockaddr_in6 names[VLEN];
 static struct iovec recv_iov[VLEN], send_iov[VLEN];
 static struct mmsghdr recv_msgs[VLEN], send_msgs[VLEN];
 
+/* *out = args[i] when it was given and is not None, else NULL; -1 (TypeError `message`) when it
+ * is not of `type`. */
+static int
+typed_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, PyTypeObject *type, const char *message, void **out)
+{
+    *out = NULL;
+    if (nargs <= i || args[i] == Py_None)
+        return 0;
+    if (!PyObject_TypeCheck(args[i], type)) {
+        PyErr_SetString(PyExc_TypeError, message);
+        return -1;
+    }
+    *out = args[i];
+    return 0;
+}
+
 PyObject *
 udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -213,30 +229,13 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         gate = (RrlGate *)args[5];
     }
-    SourceCounter *sources = NULL;
-    if (nargs > 8 && args[8] != Py_None) {
-        if (!PyObject_TypeCheck(args[8], &SourceCounterType)) {
-            PyErr_SetString(PyExc_TypeError, "udp_drain: sources must be a SourceCounter");
-            return NULL;
-        }
-        sources = (SourceCounter *)args[8];
-    }
-    TopLabels *tlds = NULL;
-    if (nargs > 9 && args[9] != Py_None) {
-        if (!PyObject_TypeCheck(args[9], &TopLabelsType)) {
-            PyErr_SetString(PyExc_TypeError, "udp_drain: tlds must be a TopLabels");
-            return NULL;
-        }
-        tlds = (TopLabels *)args[9];
-    }
-    ErrorLimit *error_limit = NULL;
-    if (nargs > 10 && args[10] != Py_None) {
-        if (!PyObject_TypeCheck(args[10], &ErrorLimitType)) {
-            PyErr_SetString(PyExc_TypeError, "udp_drain: error_limit must be an ErrorLimit");
-            return NULL;
-        }
-        error_limit = (ErrorLimit *)args[10];
-    }
+    SourceCounter *sources;
+    TopLabels *tlds;
+    ErrorLimit *error_limit;
+    if (typed_arg(args, nargs, 8, &SourceCounterType, "udp_drain: sources must be a SourceCounter", (void **)&sources) < 0 ||
+        typed_arg(args, nargs, 9, &TopLabelsType, "udp_drain: tlds must be a TopLabels", (void **)&tlds) < 0 ||
+        typed_arg(args, nargs, 10, &ErrorLimitType, "udp_drain: error_limit must be an ErrorLimit", (void **)&error_limit) < 0)
+        return NULL;
     Py_buffer traffic_view = {0};
     uint64_t *traffic = NULL;
     if (nargs > 7 && args[7] != Py_None) {

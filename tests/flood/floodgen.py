@@ -359,8 +359,8 @@ def run_flood(a: argparse.Namespace) -> dict:
         cur = float(rate)
         next_due = t0
         next_check = t0 + 0.1
-        last_drops = port_drops(port)
         drops_start = [port_drops(p) for p in ports]
+        last_drops = drops_start[0]
         read_start = udp_read()
         i_start, passes_start = i, passes
         backoffs = 0
@@ -412,31 +412,27 @@ def run_flood(a: argparse.Namespace) -> dict:
                         words[j * step + 3] = socket.htonl((127 << 24) | distinct_source((first + j) % distinct))
         elapsed = time.monotonic() - t0
         total_sent += sent
-        # How fast the server read: the datagrams read from UDP sockets meanwhile (all sockets,
-        # but the flood's server is the only busy one during its segment; the legitimate
-        # client's few hundred answers a second count too), and what the kernel dropped on the
-        # server's own sockets, their buffers full.
+        # One entry per port: what was aimed at it (slots k of the pool with k % n its turn),
+        # what the kernel dropped on its sockets (their buffers full), and how fast its server
+        # read.  With one port: the datagrams read from UDP sockets meanwhile (all sockets, but
+        # the flood's server is the only busy one during its segment; the legitimate client's
+        # few hundred answers a second count too).  With several: what each port's sockets took
+        # in (aimed less dropped: in a flood that outruns the servers, what each read, less the
+        # few thousand left in its buffer).
         read = udp_read() - read_start
-        if len(ports) == 1:
-            segments.append({"port": port, "target_rate": rate, "sent": sent, "seconds": round(elapsed, 3),
-                             "rate": round(sent / elapsed) if elapsed else 0, "send_errors": errors, "calls": calls,
-                             "server_drops": port_drops(port) - drops_start[0],
-                             "read_rate": round(read / elapsed) if elapsed else 0})
+        first = passes_start * count + i_start
+        for n, p in enumerate(ports):
+            mine = _turns(first, first + sent, count, n, len(ports))
+            dropped = port_drops(p) - drops_start[n]
+            entry = {"port": p, "target_rate": rate, "sent": mine, "seconds": round(elapsed, 3),
+                     "rate": _per_second(mine, elapsed), "send_errors": errors, "calls": calls,
+                     "server_drops": dropped,
+                     "read_rate": _per_second(read if len(ports) == 1 else mine - dropped, elapsed)}
+            if len(ports) > 1:
+                entry.update({"ports": list(ports), "read_rate_all": _per_second(read, elapsed)})
             if a.adaptive:
-                segments[-1].update({"adaptive_backoffs": backoffs, "adaptive_rate_low": round(rate_low)})
-        else:
-            # One entry per port: what was aimed at it (slots k of the pool with k % n its turn),
-            # what its sockets dropped, and what they took in (aimed less dropped: in a flood
-            # that outruns the server, what it read, less the few thousand left in its buffer).
-            first = passes_start * count + i_start
-            for n, p in enumerate(ports):
-                mine = _turns(first, first + sent, count, n, len(ports))
-                dropped = port_drops(p) - drops_start[n]
-                segments.append({"port": p, "ports": list(ports), "target_rate": rate, "sent": mine,
-                                 "seconds": round(elapsed, 3), "rate": round(mine / elapsed) if elapsed else 0,
-                                 "send_errors": errors, "calls": calls, "server_drops": dropped,
-                                 "read_rate": round((mine - dropped) / elapsed) if elapsed else 0,
-                                 "read_rate_all": round(read / elapsed) if elapsed else 0})
+                entry.update({"adaptive_backoffs": backoffs, "adaptive_rate_low": round(rate_low)})
+            segments.append(entry)
     for s in socks:
         s.close()
     out = {"mode": "flood", "spoofed": spoof, "sent": total_sent, "segments": segments, "pool": count,
@@ -445,6 +441,10 @@ def run_flood(a: argparse.Namespace) -> dict:
     if len(segments) == 1:
         out.update({k: segments[0][k] for k in ("seconds", "rate", "send_errors", "calls")})
     return out
+
+
+def _per_second(n: int, seconds: float) -> int:
+    return round(n / seconds) if seconds else 0
 
 
 def _turns(start: int, end: int, count: int, n: int, k: int) -> int:

@@ -21,9 +21,7 @@ import time
 from typing import Protocol
 
 from imrs.answer import fastc
-
-RCODE_FORMERR = 1
-RCODE_NOTIMP = 4
+from imrs.answer.query import RCODE_FORMERR, RCODE_NOTIMP
 
 
 class Limit(Protocol):
