@@ -8,7 +8,8 @@ the pure-Python paths are used (imrs.answer.fastc.AVAILABLE is then False).
 from setuptools import Extension, setup
 
 SOURCES = ["csrc/fastpath/module.c", "csrc/fastpath/answer.c", "csrc/fastpath/rrl.c", "csrc/fastpath/udp.c",
-           "csrc/fastpath/traffic.c", "csrc/fastpath/toplabels.c", "csrc/fastpath/errlimit.c"]
+           "csrc/fastpath/traffic.c", "csrc/fastpath/toplabels.c", "csrc/fastpath/errlimit.c",
+           "csrc/fastpath/shed.c"]
 
 setup(ext_modules=[Extension("imrs._fastpath", SOURCES, include_dirs=["csrc/fastpath"],
                              depends=["csrc/fastpath/fastpath.h"], optional=True)])

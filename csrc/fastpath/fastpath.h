@@ -80,6 +80,18 @@ int errlimit_is_error(const unsigned char *r, Py_ssize_t len);
 /* whether one more may go out in this second of the clock; a refusal is counted */
 int errlimit_allow(ErrorLimit *e);
 
+/* shed.c */
+typedef struct Shedder Shedder;
+extern PyTypeObject ShedderType;
+/* milliseconds of the coarse monotonic clock (what the two below take) */
+long long shed_now_ms(void);
+/* whether fd's receive queue is long (the worker is behind; marked so) */
+int shed_behind(Shedder *s, int fd, long long now_ms);
+/* count a datagram from addr (4 or 16 octets); 0: shed it (behind, and its prefix over its share) */
+int shed_admit(Shedder *s, const unsigned char *addr, int alen, int behind, long long now_ms);
+/* one call of the loop: this many datagrams read (and answered) in ns nanoseconds */
+void shed_busy(Shedder *s, long long ns, long long datagrams);
+
 /* udp.c */
 PyObject *udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

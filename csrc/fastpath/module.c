@@ -1,11 +1,11 @@
 /* imrs._fastpath: the module (its functions and types live in answer.c, rrl.c, errlimit.c,
- * traffic.c, toplabels.c and udp.c). */
+ * shed.c, traffic.c, toplabels.c and udp.c). */
 #include "fastpath.h"
 
 static PyMethodDef methods[] = {
     {"udp_drain", (PyCFunction)(void (*)(void))udp_drain, METH_FASTCALL,
      "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None,\n"
-     "          sources=None, tlds=None, error_limit=None)\n"
+     "          sources=None, tlds=None, error_limit=None, shedder=None)\n"
      "    -> (received, sent, errors)\n\n"
      "recvmmsg, the C answer and RRL gate or handler(wire, peer, port) per datagram, sendmmsg;\n"
      "until the socket is empty."},
@@ -30,13 +30,14 @@ PyInit__fastpath(void)
     if (answer_init() < 0)
         return NULL;
     if (PyType_Ready(&RrlGateType) < 0 || PyType_Ready(&SourceCounterType) < 0 || PyType_Ready(&TopLabelsType) < 0 ||
-        PyType_Ready(&ErrorLimitType) < 0)
+        PyType_Ready(&ErrorLimitType) < 0 || PyType_Ready(&ShedderType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&moduledef);
     if (module == NULL)
         return NULL;
     if (PyModule_AddType(module, &RrlGateType) < 0 || PyModule_AddType(module, &SourceCounterType) < 0 ||
-        PyModule_AddType(module, &TopLabelsType) < 0 || PyModule_AddType(module, &ErrorLimitType) < 0) {
+        PyModule_AddType(module, &TopLabelsType) < 0 || PyModule_AddType(module, &ErrorLimitType) < 0 ||
+        PyModule_AddType(module, &ShedderType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -158,7 +158,7 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---------------------------------------------------------------------------------------------
  * udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, limited=None, traffic=None,
- *           sources=None, tlds=None, error_limit=None)
+ *           sources=None, tlds=None, error_limit=None, shedder=None)
  *     -> (received, sent, errors)
  *
  * The UDP receive-answer-send loop of serve/udp.py in C: recvmmsg up to VLEN datagrams at a
@@ -175,7 +175,9 @@ slip_method(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * `sources` (a SourceCounter) every datagram's source address (traffic.c), and with `tlds` (a
  * TopLabels) the top-level label of every question that parses.  With `error_limit` (an
  * ErrorLimit), a header-only FORMERR or NOTIMP made here goes out only while the limit allows
- * it, before the gate sees it (the handler applies the same limit to what it makes).
+ * it, before the gate sees it (the handler applies the same limit to what it makes).  With
+ * `shedder` (a Shedder, shed.c), every datagram is offered to it after it was counted, and one it
+ * sheds (the worker is behind its socket and the source's prefix over its share) gets no answer.
  * The callbacks are expected to catch their own errors; one that escapes anyway (or an error
  * in the gate) is cleared, counted in ``errors``, and that datagram gets no answer.  A
  * datagram cut short (MSG_TRUNC) is dropped.  Buffers are allocated once (the GIL serialises
@@ -208,9 +210,10 @@ typed_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, PyTypeObject *t
 PyObject *
 udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 4 || nargs > 11) {
+    if (nargs < 4 || nargs > 12) {
         PyErr_SetString(PyExc_TypeError, "udp_drain(fd, handler, ipv6, max_packets, compiled=None, gate=None, "
-                                         "limited=None, traffic=None, sources=None, tlds=None, error_limit=None)");
+                                         "limited=None, traffic=None, sources=None, tlds=None, error_limit=None, "
+                                         "shedder=None)");
         return NULL;
     }
     int fd = (int)PyLong_AsLong(args[0]);
@@ -232,9 +235,11 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     SourceCounter *sources;
     TopLabels *tlds;
     ErrorLimit *error_limit;
+    Shedder *shedder;
     if (typed_arg(args, nargs, 8, &SourceCounterType, "udp_drain: sources must be a SourceCounter", (void **)&sources) < 0 ||
         typed_arg(args, nargs, 9, &TopLabelsType, "udp_drain: tlds must be a TopLabels", (void **)&tlds) < 0 ||
-        typed_arg(args, nargs, 10, &ErrorLimitType, "udp_drain: error_limit must be an ErrorLimit", (void **)&error_limit) < 0)
+        typed_arg(args, nargs, 10, &ErrorLimitType, "udp_drain: error_limit must be an ErrorLimit", (void **)&error_limit) < 0 ||
+        typed_arg(args, nargs, 11, &ShedderType, "udp_drain: shedder must be a Shedder", (void **)&shedder) < 0)
         return NULL;
     Py_buffer traffic_view = {0};
     uint64_t *traffic = NULL;
@@ -259,6 +264,9 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     long received = 0, sent = 0, errors = 0;
     PyObject *responses[VLEN];
+    struct timespec entered;
+    if (shedder != NULL)
+        clock_gettime(CLOCK_MONOTONIC, &entered);
     while (received < max_packets) {
         for (int i = 0; i < VLEN; i++) {
             recv_iov[i].iov_base = recv_buffer + (size_t)i * SLOT;
@@ -276,6 +284,13 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         struct timespec began;
         if (traffic != NULL)
             clock_gettime(CLOCK_MONOTONIC, &began);
+        int behind = 0;
+        long long now_ms = 0;
+        if (shedder != NULL) {
+            now_ms = shed_now_ms();
+            if (n == VLEN) /* a full batch: maybe a long queue behind it */
+                behind = shed_behind(shedder, fd, now_ms);
+        }
         int count = 0;
         for (int i = 0; i < n; i++) {
             responses[i] = NULL;
@@ -296,6 +311,8 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 addr = (const char *)&((struct sockaddr_in *)&names[i])->sin_addr;
                 alen = 4;
             }
+            if (shedder != NULL && !shed_admit(shedder, (const unsigned char *)addr, (int)alen, behind, now_ms))
+                continue;
             PyObject *response = NULL, *slipped;
             int c_made = 0; /* made here (no extended rcode), not by Python */
             if (compiled != NULL) {
@@ -394,6 +411,12 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             clock_gettime(CLOCK_MONOTONIC, &ended);
             traffic_latency(traffic, (double)(ended.tv_sec - began.tv_sec) + (ended.tv_nsec - began.tv_nsec) * 1e-9, 0, n);
         }
+    }
+    if (shedder != NULL) { /* how fast this worker reads and answers, for the shedder's share */
+        struct timespec left;
+        clock_gettime(CLOCK_MONOTONIC, &left);
+        shed_busy(shedder, (long long)(left.tv_sec - entered.tv_sec) * 1000000000LL + (left.tv_nsec - entered.tv_nsec),
+                  received);
     }
     if (traffic != NULL)
         PyBuffer_Release(&traffic_view);

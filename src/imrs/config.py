@@ -207,6 +207,12 @@ class RrlConfig:
     #: whatever their sources, as NSD caps them at 100; more are dropped.  Independent of
     #: ``rate``: it applies with RRL off too.  0 = no cap.  See imrs.serve.errlimit.
     error_rate: int = 100
+    #: When a UDP socket's queries outrun its worker (the kernel dropping them for a full
+    #: queue), each client prefix (the lengths above) gets an equal share of what the worker
+    #: can answer, and a prefix asking less than its share is answered in full: the busiest
+    #: prefixes lose their queries, not the real clients.  Independent of ``rate``; the C
+    #: loop only.  See imrs.serve.shed.
+    shed: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -755,7 +761,7 @@ ON_EXPIRY: tuple[str, ...] = ("refuse", "servfail", "drop")
 _SOURCE_SCHEMES: tuple[str, ...] = ("ixfr", "axfr", "http", "https", "file")
 _SECTIONS: tuple[str, ...] = ("server", "zone", "tsig-key", "rrl", "cookies", "rssac002", "dnstap")
 _RRL_KEYS: tuple[str, ...] = ("rate", "slip", "ipv4-prefix-length", "ipv6-prefix-length", "exempt", "log-only", "table-size",
-                               "error-rate")
+                               "error-rate", "shed")
 _COOKIE_KEYS: tuple[str, ...] = ("enabled", "secret", "previous-secrets", "secret-file", "rotate-interval", "require")
 
 
@@ -1202,6 +1208,7 @@ class _Checker:
             "log-only": ("log_only", _want_bool),
             "table-size": ("table_size", lambda v: _want_int(v, 1024, 10**7)),
             "error-rate": ("error_rate", lambda v: _want_int(v, 0, 10**7)),
+            "shed": ("shed", _want_bool),
         })
         return RrlConfig(**fields) if fields is not None else None
 

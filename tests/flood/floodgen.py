@@ -33,9 +33,10 @@ reflect  One source (the "victim"; an ordinary socket on its own address) sends 
          on its own socket (a drop would make the received count too low: reported).
 legit    A well-behaved client on its own address (default 127.77.0.1, its own /24) asks 20
          real-TLD questions (referrals and DS answers, so each rate-limit category sees a
-         twentieth of the rate) at a modest paced rate and counts the answers (matched by ID,
-         QR set, question echoed, RCODE NOERROR, TC clear) that arrive within ``--deadline``
-         (1 s) of their query.
+         twentieth of the rate) at a modest paced rate, from ``--source-ports`` sockets in
+         turn (a resolver's random ports), and counts the answers (matched by ID, QR set,
+         question echoed, RCODE NOERROR, TC clear) that arrive within ``--deadline`` (1 s) of
+         their query.
 tcphold  Opens ``--connections`` TCP connections, each from its own source address, holds
          them idle, opens again (from new addresses, at up to ``--reopen-rate``/s) those the
          server closes; prints ``READY {...}`` once all were tried, its report on SIGTERM or
@@ -591,22 +592,36 @@ LEGIT_QUESTIONS = [
 
 
 class _LegitSegment:
-    """One segment of the legitimate client: its socket, queries in flight, counts."""
+    """One segment of the legitimate client against one server: its sockets (one source port
+    each, used in turn), queries in flight, counts."""
 
-    def __init__(self, sock: socket.socket, deadline: float):
-        self.sock = sock
+    def __init__(self, socks: list[socket.socket], deadline: float):
+        self.socks = socks
         self.deadline = deadline
         self.pending: dict[int, tuple[float, bytes]] = {}
         self.sent = 0
         self.c = {"answered": 0, "late": 0, "tc": 0, "error_rcode": 0, "bad": 0}
         self.latencies: list[float] = []
 
+    def send(self, wire: bytes) -> None:
+        self.pending[(wire[0] << 8) | wire[1]] = (time.monotonic(), wire)
+        sock = self.socks[self.sent % len(self.socks)]
+        self.sent += 1
+        try:
+            sock.send(wire)
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+
     def drain(self, buf: bytearray) -> None:
+        for sock in self.socks:
+            self._drain(sock, buf)
+
+    def _drain(self, sock: socket.socket, buf: bytearray) -> None:
         c = self.c
         now = time.monotonic()
         while True:
             try:
-                n = self.sock.recv_into(buf)
+                n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionRefusedError:
@@ -662,16 +677,20 @@ def run_legit(a: argparse.Namespace) -> dict:
     segments = []
     next_wire = 0
     for (ports, window), seg_start in zip(windows, starts):
-        # one socket per port (several ports: the servers side by side, each asked the same
-        # query at once, at --rate, whose turn is first changing every time); each reported apart
+        # --source-ports sockets per server port (several ports: the servers side by side, each
+        # asked the same query at once, at --rate, whose turn is first changing every time);
+        # each reported apart
         segs = []
         for port in ports:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((a.source, 0))
-            sock.connect((a.host, port))
-            sock.setblocking(False)
-            segs.append(_LegitSegment(sock, a.deadline))
-        socks = [seg.sock for seg in segs]
+            own = []
+            for _ in range(a.source_ports):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind((a.source, 0))
+                sock.connect((a.host, port))
+                sock.setblocking(False)
+                own.append(sock)
+            segs.append(_LegitSegment(own, a.deadline))
+        socks = [sock for seg in segs for sock in seg.socks]
         delay = seg_start + a.margin - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -690,12 +709,7 @@ def run_legit(a: argparse.Namespace) -> dict:
             next_wire += 1
             first = sent % len(segs)
             for seg in segs[first:] + segs[:first]:
-                seg.pending[(wire[0] << 8) | wire[1]] = (time.monotonic(), wire)
-                seg.sent += 1
-                try:
-                    seg.sock.send(wire)
-                except (BlockingIOError, ConnectionRefusedError):
-                    pass
+                seg.send(wire)
             sent += 1
             for seg in segs:
                 seg.drain(buf)
@@ -707,7 +721,8 @@ def run_legit(a: argparse.Namespace) -> dict:
                 seg.drain(buf)
         for port, seg in zip(ports, segs):
             seg.drain(buf)
-            seg.sock.close()
+            for sock in seg.socks:
+                sock.close()
             segments.append({"port": port, "sent": seg.sent, **seg.c,
                              "share": round(seg.c["answered"] / seg.sent, 4) if seg.sent else 0.0,
                              "unanswered": len(seg.pending), "seconds": round(elapsed, 3),
@@ -888,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--do", type=int, default=1)
     ap.add_argument("--linger", type=float, default=1.0, help="reflect: seconds to keep reading after the last query")
     ap.add_argument("--deadline", type=float, default=1.0, help="legit: an answer counts if it comes within this")
+    ap.add_argument("--source-ports", type=int, default=1,
+                    help="legit: sockets (source ports) per server, used in turn, as a resolver spreads its queries")
     ap.add_argument("--margin", type=float, default=0.5, help="legit: start this long after a segment begins, end as long before")
     # tcphold
     ap.add_argument("--connections", type=int, default=3000)

@@ -40,8 +40,11 @@ class UdpListener:
                  notify: NotifyReceiver | None = None, rrl: RateLimiter | None = None,
                  cookie_check: Callable[[bytes, bytes], bool] | None = None,
                  traffic: TrafficCounters | None = None, tap: DnstapWriter | None = None,
-                 error_limit: Limit | None = None):
+                 error_limit: Limit | None = None, shedder: object | None = None):
         self.sock = sock
+        #: the socket's Shedder (serve/shed.py), for the C loop: when the queries outrun the
+        #: worker, the busiest prefixes lose theirs first; None: off
+        self.shedder = shedder
         #: dnstap (telemetry/dnstap.py): every query and response logged, sampled as configured;
         #: it takes the Python handler for every datagram (the C loop still receives and sends)
         self.tap = tap
@@ -82,7 +85,12 @@ class UdpListener:
         self.sock.close()
 
     def counters(self) -> dict[str, int]:
-        return {"rrl_exempt_cookie": self.rrl_exempt_cookie} if self.rrl is not None else {}
+        counters = {"rrl_exempt_cookie": self.rrl_exempt_cookie} if self.rrl is not None else {}
+        if self.shedder is not None:
+            counters["udp_shed"] = self.shedder.shed
+            counters["udp_filtered"] = self.shedder.filtered
+            counters["udp_overflow"] = self.shedder.overflow
+        return counters
 
     def _handler(self, snapshot: Snapshot, c_tried: bool = False) -> Callable[[bytes, bytes, int], bytes | None]:
         """``handle(wire, peer, port)``: the response to send for one datagram (None: nothing), from
@@ -188,11 +196,11 @@ class UdpListener:
         if compiled is None or (self.rrl is not None and gate is None) or self.tap is not None:
             # no C answer for this snapshot, a Python decider, or dnstap: all through the handler
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot), self.ipv6, BATCH,
-                                               None, None, None, traffic, sources, tlds)
+                                               None, None, None, traffic, sources, tlds, None, self.shedder)
         else:
             received, sent, errors = udp_drain(self.sock.fileno(), self._handler(snapshot, c_tried=True),
                                                self.ipv6, BATCH, compiled, gate, self._limited, traffic, sources, tlds,
-                                               self.error_limit)
+                                               self.error_limit, self.shedder)
         self.stats.udp_received += received
         self.stats.udp_sent += sent
         self.stats.internal_errors += errors

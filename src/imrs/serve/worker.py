@@ -35,6 +35,7 @@ from imrs.serve.errlimit import make_error_limit
 from imrs.serve.notify_in import NotifyReceiver
 from imrs.serve.publish import Publication, SnapshotBuilder
 from imrs.serve.rrl import RateLimiter
+from imrs.serve.shed import make_shedder
 from imrs.serve.snapshot import Snapshot, SnapshotHolder
 from imrs.serve.tcp import TcpListener
 from imrs.serve.traffic import TrafficCounters
@@ -108,7 +109,8 @@ class DataPlane:
         for sock in sockets:
             if sock.type == socket.SOCK_DGRAM:
                 listener = UdpListener(sock, self.holder, self.stats, self.notify, self.rrl, self.cookie_check,
-                                       self.traffic, self.tap, self.error_limit)
+                                       self.traffic, self.tap, self.error_limit,
+                                       make_shedder(self.settings.rrl, sock.fileno()))
                 listener.start(loop)
                 self.udp.append(listener)
             else:

@@ -57,6 +57,9 @@ _SIMPLE_COUNTERS: dict[str, tuple[str, str]] = {
     "internal_errors": ("imrs_internal_errors", "queries that hit an internal error"),
     "send_errors": ("imrs_send_errors", "responses the kernel did not take"),
     "errors_limited": ("imrs_error_responses_limited", "FORMERR and NOTIMP responses not sent: over [rrl] error-rate"),
+    "udp_shed": ("imrs_udp_shed", "UDP queries read and dropped unanswered: their prefix over its share of a worker behind"),
+    "udp_filtered": ("imrs_udp_filtered", "UDP datagrams the kernel filter dropped: their prefix over its share"),
+    "udp_overflow": ("imrs_udp_overflow", "UDP datagrams the kernel dropped for a full receive queue while shedding"),
     "truncated": ("imrs_responses_truncated", "responses sent with TC set"),
     "workers_restarted": ("imrs_worker_restarts", "workers restarted after dying"),
 }

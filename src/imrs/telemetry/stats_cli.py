@@ -161,6 +161,8 @@ def format_stats(data: Mapping[str, Any]) -> str:
     row("Truncated", f"{c.get('truncated', 0):,}")
     row("UDP", _pairs([("received", c.get("udp_received", 0)), ("sent", c.get("udp_sent", 0)),
                        ("send errors", c.get("send_errors", 0)), ("errors limited", c.get("errors_limited", 0))]))
+    row("Shedding", _pairs([("shed", c.get("udp_shed", 0)), ("filtered", c.get("udp_filtered", 0)),
+                            ("overflow", c.get("udp_overflow", 0))]))
     row("TCP", _pairs([("connections", c.get("tcp_connections", 0)), ("queries", c.get("tcp_queries", 0)),
                        ("refused", c.get("tcp_refused", 0)), ("timeouts", c.get("tcp_timeouts", 0))]))
     rrl = _prefixed(c, "rrl_")

@@ -1,0 +1,644 @@
+/* Shedder: when a UDP socket's queries outrun its worker, the busiest client prefixes lose
+ * theirs first, so that a client asking at a modest rate keeps being answered through a flood.
+ *
+ *     Shedder(v4_bits, v6_bits, fd=-1)  .admit(peer, behind, now_ms) -> bool  .busy(ns, n)
+ *         .behind(fd) -> bool  .share  .shed  .filtered  .kernel_filter  .filter_errno ...
+ *
+ * Why: a flood that outruns the worker fills the socket's receive queue, and the kernel then
+ * drops what arrives without regard to who sent it: every client loses the same fraction, the
+ * real ones with the flood's.  NSD and Knot leave it at that.  imrs instead gives every client
+ * prefix (the RRL prefixes, /24 and /56 by default) an equal share of what the worker can
+ * answer, and a prefix that asks less than its share is answered in full: max-min fairness,
+ * the share being the water level of the prefixes' query counts.
+ *
+ * How: time is cut into windows of SHED_WINDOW_MS.  Counting starts once the worker is behind
+ * (its receive queue over an eighth full, and the kernel dropping datagrams for a full queue:
+ * a long queue alone can be one client with many queries in flight, which the worker keeps up
+ * with).  At each window's end the share is set from that window's per-prefix counts and from
+ * what the worker can read and answer in a window (measured: what it read over the time it
+ * was busy), aiming at `fill` percent of it; `fill` drops by ten points after a window in which
+ * the queue still overflowed, and creeps back up by one after each that did not.
+ *   - On an IPv4 socket, where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket
+ *     filter drops a busy prefix's datagrams before they are queued, keeping each with the
+ *     probability share / (its count), so the worker reads about its share and no more:
+ *     reading a datagram only to drop it costs about a third of answering it, and a flood can
+ *     outrun even that.  The counts of filtered prefixes are scaled up by what was kept.
+ *   - In user space, while the worker is behind, a datagram from a prefix already over its
+ *     share in this window is dropped unanswered (IPv6, or no kernel filter).
+ * Shedding stops 20 windows after the share was last needed.  A server that keeps up never
+ * sheds a query.  Memory is fixed: SHED_SLOTS prefixes are counted per window (one that finds
+ * no slot is never shed) and SHED_FILTER_MAX filtered.  udp_drain calls shed_behind once per
+ * full batch, shed_admit per datagram and shed_busy once per call.
+ */
+#include "fastpath.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/bpf.h>
+#include <linux/sock_diag.h>
+#include <stdlib.h>
+#include <structmember.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SO_MEMINFO
+#define SO_MEMINFO 55
+#endif
+
+#define SHED_SLOTS 8192        /* prefixes counted per window (a power of two) */
+#define SHED_PROBES 8          /* slots tried per prefix */
+#define SHED_BINS 4096         /* counts of a window at or over SHED_BINS - 1 share the last bin */
+#define SHED_WINDOW_MS 100     /* the counting window */
+#define SHED_ARMED_WINDOWS 20  /* windows counted after the worker was last behind or shedding */
+#define SHED_NONE UINT32_MAX   /* no share: nothing shed */
+#define SHED_FILL_MIN 50       /* percent of the worker's capacity the shares may be set to fill, */
+#define SHED_FILL_MAX 80       /* ... at most, */
+#define SHED_FILL_START 70     /* ... at first */
+#define SHED_OVERFLOW_SLACK 16 /* datagrams of a window's overflow count taken for noise */
+#define SHED_MIN_PROCESSED 256 /* datagrams a window must read to measure (fewer: no flood is on) */
+#define SHED_FILTER_MAX 2048   /* IPv4 prefixes the kernel filter can thin out */
+
+struct shed_filtered {
+    uint32_t key;  /* the prefix, as the packet has it (network order), the map's key */
+    uint32_t keep; /* the map's value: a datagram is kept when a random u32 is below it */
+};
+
+struct shed_slot {
+    uint64_t key;    /* family and prefix */
+    uint32_t window; /* the window its count is of */
+    uint32_t count;  /* queries from the prefix in that window */
+};
+
+struct Shedder {
+    PyObject_HEAD
+    int v4_bits, v6_bits;     /* the prefix lengths */
+    uint64_t seed;            /* of the table's hash */
+    int fd;                   /* the socket (-1: none given) */
+    /* the clock and the state of shedding */
+    uint32_t window;          /* the current window's number (0 before the first) */
+    uint32_t armed_from;      /* counting since the start of this window (0: not counting) */
+    uint32_t armed_until;     /* ... through this window */
+    uint32_t behind_in;       /* the last window in which the worker was behind */
+    uint32_t share;           /* queries per prefix in this window; SHED_NONE: nothing shed */
+    int fill;                 /* percent of its capacity the shares are set to fill */
+    double capacity;          /* datagrams the worker can read and answer in a window (smoothed) */
+    /* this window's measures */
+    long long processed;      /* datagrams read, while counting */
+    long long busy_ns;        /* the time spent reading and answering them */
+    uint32_t drops;           /* the socket's drop count when shed_behind last looked */
+    uint32_t tick_drops;      /* ... and at the last window's end */
+    long long filtered_total; /* the filter's drop counter at the last window's end */
+    /* what the metrics show, in all */
+    long long shed;           /* queries dropped in user space */
+    long long overflow;       /* datagrams the kernel dropped for a full queue, while counting */
+    long long windows_behind; /* windows in which the worker was behind at least once */
+    long long filter_updates; /* times the kernel filter's map was rewritten */
+    /* the kernel filter */
+    int map_fd;               /* its map of prefixes to keep thresholds (-1: no kernel filter) */
+    int count_fd;             /* its counter of datagrams dropped */
+    int filter_errno;         /* why the kernel did not take it (0: it did, or no socket given) */
+    int n_filtered;           /* prefixes in the map */
+    struct shed_filtered filtered[SHED_FILTER_MAX]; /* what the map holds, by key */
+    struct shed_filtered next[SHED_FILTER_MAX];     /* what it is to hold (filter_update) */
+    uint32_t hist[SHED_BINS];  /* prefixes by their count in the window (made at its end) */
+    struct shed_slot table[SHED_SLOTS];
+};
+
+static uint32_t socket_drops(int fd);
+static long long filter_dropped(Shedder *s);
+static void filter_update(Shedder *s);
+static void estimate_arrivals(Shedder *s);
+
+/* The largest share T with sum over prefixes of min(count, T) <= capacity, from the window's
+ * histogram of counts (the water level of max-min fairness); SHED_NONE when all fit whole. */
+static uint32_t
+water_level(const uint32_t *hist, long long capacity)
+{
+    long long at_least = 0; /* prefixes with a count >= T */
+    for (int c = 1; c < SHED_BINS; c++)
+        at_least += hist[c];
+    long long sum = 0;
+    for (uint32_t t = 1; t < SHED_BINS && at_least > 0; t++) {
+        sum += at_least;
+        if (sum > capacity)
+            return t > 1 ? t - 1 : 1;
+        at_least -= hist[t];
+    }
+    return SHED_NONE;
+}
+
+/* Move the clock to window `now`.  When the one that ended was counted whole (and was the one
+ * just before), the new share is the water level of its prefixes' counts (what each asked,
+ * estimated where the kernel filter thinned it) at `fill` percent of what the worker can read
+ * and answer in a window (what it read over the time it was busy, scaled to a window). */
+static void
+shed_tick(Shedder *s, uint32_t now)
+{
+    if (now == s->window)
+        return;
+    int whole = s->armed_from != 0 && s->armed_from < s->window && now == s->window + 1;
+    /* what the kernel dropped for a full queue in the ending window: its drops less the filter's */
+    long long filtered_now = filter_dropped(s);
+    uint32_t drops_now = socket_drops(s->fd);
+    long long overflow = (long long)(uint32_t)(drops_now - s->tick_drops) - (filtered_now - s->filtered_total);
+    s->filtered_total = filtered_now;
+    s->tick_drops = drops_now;
+    if (overflow > 0 && s->armed_from != 0)
+        s->overflow += overflow;
+    if (!whole)
+        s->share = SHED_NONE;
+    else {
+        estimate_arrivals(s);
+        /* the fill aimed at: lower after a window the queue overflowed, a little higher after one
+         * it did not (a few datagrams of difference are the two counters read a moment apart) */
+        if (overflow > SHED_OVERFLOW_SLACK)
+            s->fill = s->fill > SHED_FILL_MIN + 10 ? s->fill - 10 : SHED_FILL_MIN;
+        else if (s->fill < SHED_FILL_MAX)
+            s->fill++;
+        if (s->processed >= SHED_MIN_PROCESSED && s->busy_ns > 0) {
+            double capacity = (double)s->processed * SHED_WINDOW_MS * 1e6 / (double)s->busy_ns;
+            s->capacity = s->capacity > 0 ? (3 * s->capacity + capacity) / 4 : capacity;
+            s->share = water_level(s->hist, (long long)(s->capacity * s->fill / 100));
+        }
+        else
+            s->share = SHED_NONE; /* so little read that no flood is on */
+        if (s->share != SHED_NONE)
+            s->armed_until = now + SHED_ARMED_WINDOWS; /* still shedding: still counting */
+    }
+    if (s->armed_from != 0 && now > s->armed_until) {
+        s->armed_from = 0;
+        s->share = SHED_NONE;
+        s->capacity = 0;
+    }
+    if (whole || s->n_filtered > 0)
+        filter_update(s); /* from the ending window's estimates; emptied when there is no share */
+    s->window = now;
+    s->processed = 0;
+    s->busy_ns = 0;
+}
+
+static uint64_t
+prefix_key(const Shedder *s, const unsigned char *addr, int alen)
+{
+    if (alen == 16 && ipv4_mapped(addr)) {
+        addr += 12;
+        alen = 4;
+    }
+    if (alen == 4) {
+        uint32_t a = ((uint32_t)addr[0] << 24) | ((uint32_t)addr[1] << 16) | ((uint32_t)addr[2] << 8) | addr[3];
+        uint32_t masked = s->v4_bits == 0 ? 0 : a & (0xFFFFFFFFu << (32 - s->v4_bits));
+        return ((uint64_t)1 << 63) | masked;
+    }
+    uint64_t high = 0, low = 0;
+    for (int i = 0; i < 8; i++) {
+        high = (high << 8) | addr[i];
+        low = (low << 8) | addr[8 + i];
+    }
+    /* the prefix's bits (at most 64 of a /64 or shorter are kept whole; longer ones fold) */
+    if (s->v6_bits <= 64) {
+        high = s->v6_bits == 0 ? 0 : high & (~(uint64_t)0 << (64 - s->v6_bits));
+        return high & ~((uint64_t)1 << 63);
+    }
+    low = s->v6_bits == 128 ? low : low & (~(uint64_t)0 << (128 - s->v6_bits));
+    return (high ^ (low * 0x9E3779B97F4A7C15ull)) & ~((uint64_t)1 << 63);
+}
+
+long long
+shed_now_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/* The prefix's slot in this window (taken for it when `take` and it has none), NULL when it
+ * has none (or the table is full along its probes).  Within a window slots are only taken,
+ * so the first slot of another window along the probes ends the search. */
+static struct shed_slot *
+find_slot(Shedder *s, uint64_t key, int take)
+{
+    uint64_t h = (key ^ s->seed) * 0x9E3779B97F4A7C15ull;
+    size_t at = (size_t)(h >> 40) & (SHED_SLOTS - 1);
+    for (int i = 0; i < SHED_PROBES; i++) {
+        struct shed_slot *t = &s->table[(at + i) & (SHED_SLOTS - 1)];
+        if (t->window == s->window && t->key == key)
+            return t;
+        if (t->window != s->window) {
+            if (!take)
+                return NULL;
+            t->window = s->window;
+            t->key = key;
+            t->count = 0;
+            return t;
+        }
+    }
+    return NULL;
+}
+
+int
+shed_admit(Shedder *s, const unsigned char *addr, int alen, int behind, long long now_ms)
+{
+    shed_tick(s, (uint32_t)(now_ms / SHED_WINDOW_MS) + 1);
+    if (s->armed_from == 0)
+        return 1; /* not behind lately: nothing counted, nothing shed */
+    struct shed_slot *slot = find_slot(s, prefix_key(s, addr, alen), 1);
+    if (slot == NULL)
+        return 1; /* the table is full along this prefix's probes: not counted */
+    slot->count++;
+    if (behind && slot->count > s->share) {
+        s->shed++;
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- the kernel filter: the same shedding before the datagram is queued on the socket ----
+ * Reading a datagram the worker then sheds still costs it the kernel's receive work, about a
+ * third of what answering costs; a flood can outrun even that.  So on an IPv4 socket, where
+ * the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket filter looks the source's
+ * prefix up in a map and keeps its datagrams with the map's probability (share / the
+ * prefix's rate), so that what the worker reads of a busy prefix is about its share.  The map
+ * is rewritten at each window's end from the counts (scaled by what the filter let through). */
+
+static int
+bpf_call(int cmd, union bpf_attr *attr)
+{
+    return (int)syscall(__NR_bpf, cmd, attr, sizeof *attr);
+}
+
+#define INSN(c, d, sr, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (sr), .off = (o), .imm = (i)})
+
+/* The filter on socket fd, with a map of `mask_bits`-prefixes to keep thresholds; the map's
+ * fd, or -1 (errno set) when the kernel does not take it. */
+static int
+filter_attach(int fd, int mask_bits, int *count_out)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_type = BPF_MAP_TYPE_HASH;
+    attr.key_size = 4;
+    attr.value_size = 4;
+    attr.max_entries = 2 * SHED_FILTER_MAX; /* the new entries go in before the old ones go */
+    int map_fd = bpf_call(BPF_MAP_CREATE, &attr);
+    if (map_fd < 0)
+        return -1;
+    attr.map_type = BPF_MAP_TYPE_ARRAY; /* one counter: the datagrams the filter dropped */
+    attr.value_size = 8;
+    attr.max_entries = 1;
+    int count_fd = bpf_call(BPF_MAP_CREATE, &attr);
+    if (count_fd < 0) {
+        close(map_fd);
+        return -1;
+    }
+    *count_out = count_fd;
+    uint32_t mask = mask_bits == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - mask_bits));
+    struct bpf_insn prog[] = {
+        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0),   /* r6 = skb */
+        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_2, 0, 0, 12),          /* the IPv4 source address */
+        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
+        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),          /*  to the stack at -8 */
+        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 4),
+        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_5, 0, 0, BPF_HDR_START_NET),
+        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes_relative),
+        INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 12, 0),            /* unreadable: keep */
+        INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_0, BPF_REG_10, -8, 0),
+        INSN(BPF_ALU | BPF_AND | BPF_K, BPF_REG_0, 0, 0, (int32_t)mask), /* its prefix */
+        INSN(BPF_STX | BPF_MEM | BPF_W, BPF_REG_10, BPF_REG_0, -8, 0),
+        INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map_fd),
+        INSN(0, 0, 0, 0, 0),
+        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
+        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -8),
+        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
+        INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 3, 0),             /* not in the map: keep */
+        INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_7, BPF_REG_0, 0, 0),     /* r7 = its keep threshold */
+        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_prandom_u32),
+        INSN(BPF_JMP | BPF_JGE | BPF_X, BPF_REG_0, BPF_REG_7, 2, 0),     /* over it: drop */
+        INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, -1),            /* keep (the whole datagram) */
+        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+        INSN(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -16, 0),           /* drop: counted */
+        INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, count_fd),
+        INSN(0, 0, 0, 0, 0),
+        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
+        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -16),
+        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
+        INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 2, 0),
+        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, 1),
+        INSN(BPF_STX | BPF_XADD | BPF_DW, BPF_REG_0, BPF_REG_1, 0, 0), /* atomic add */
+        INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0),
+        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+    };
+    memset(&attr, 0, sizeof attr);
+    attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+    attr.insns = (uint64_t)(uintptr_t)prog;
+    attr.insn_cnt = sizeof prog / sizeof prog[0];
+    attr.license = (uint64_t)(uintptr_t) "Dual BSD/GPL";
+    int prog_fd = bpf_call(BPF_PROG_LOAD, &attr);
+    if (prog_fd < 0 || setsockopt(fd, SOL_SOCKET, SO_ATTACH_BPF, &prog_fd, sizeof prog_fd) < 0) {
+        int saved = errno;
+        if (prog_fd >= 0)
+            close(prog_fd);
+        close(map_fd);
+        close(count_fd);
+        errno = saved;
+        return -1;
+    }
+    close(prog_fd); /* the socket holds the program */
+    return map_fd;
+}
+
+/* What the kernel filter dropped, in all (0 without it). */
+static long long
+filter_dropped(Shedder *s)
+{
+    if (s->count_fd < 0)
+        return 0;
+    uint32_t key = 0;
+    uint64_t value = 0;
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_fd = (uint32_t)s->count_fd;
+    attr.key = (uint64_t)(uintptr_t)&key;
+    attr.value = (uint64_t)(uintptr_t)&value;
+    return bpf_call(BPF_MAP_LOOKUP_ELEM, &attr) == 0 ? (long long)value : s->filtered_total;
+}
+
+static int
+compare_filtered(const void *a, const void *b)
+{
+    uint32_t x = ((const struct shed_filtered *)a)->key, y = ((const struct shed_filtered *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+/* At the end of a window counted whole, each prefix's count becomes what it asked, estimated:
+ * scaled up by what the kernel filter let through of it; and the histogram is made of them. */
+static void
+estimate_arrivals(Shedder *s)
+{
+    for (int i = 0; i < s->n_filtered; i++) {
+        struct shed_slot *slot = find_slot(s, ((uint64_t)1 << 63) | ntohl(s->filtered[i].key), 0);
+        if (slot != NULL && s->filtered[i].keep > 0) {
+            uint64_t estimate = ((uint64_t)slot->count << 32) / s->filtered[i].keep;
+            slot->count = estimate > UINT32_MAX ? UINT32_MAX : (uint32_t)estimate;
+        }
+    }
+    memset(s->hist, 0, sizeof s->hist);
+    for (size_t i = 0; i < SHED_SLOTS; i++)
+        if (s->table[i].window == s->window)
+            s->hist[s->table[i].count < SHED_BINS - 1 ? s->table[i].count : SHED_BINS - 1]++;
+}
+
+/* At the end of a window: the map gets each IPv4 prefix whose estimated count is over the
+ * new share, with the probability that thins it to the share (none without a share). */
+static void
+filter_update(Shedder *s)
+{
+    if (s->map_fd < 0 || (s->share == SHED_NONE && s->n_filtered == 0))
+        return;
+    int n = 0;
+    if (s->share != SHED_NONE)
+        for (size_t i = 0; i < SHED_SLOTS && n < SHED_FILTER_MAX; i++) {
+            struct shed_slot *t = &s->table[i];
+            if (t->window != s->window || !(t->key >> 63) || t->count <= s->share)
+                continue;
+            s->next[n].key = htonl((uint32_t)t->key);
+            s->next[n].keep = (uint32_t)(((uint64_t)s->share << 32) / t->count);
+            n++;
+        }
+    qsort(s->next, (size_t)n, sizeof s->next[0], compare_filtered);
+    union bpf_attr attr;
+    for (int i = 0; i < n; i++) {
+        memset(&attr, 0, sizeof attr);
+        attr.map_fd = (uint32_t)s->map_fd;
+        attr.key = (uint64_t)(uintptr_t)&s->next[i].key;
+        attr.value = (uint64_t)(uintptr_t)&s->next[i].keep;
+        attr.flags = BPF_ANY;
+        bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
+    }
+    for (int i = 0; i < s->n_filtered; i++) {
+        if (bsearch(&s->filtered[i], s->next, (size_t)n, sizeof s->next[0], compare_filtered) != NULL)
+            continue;
+        memset(&attr, 0, sizeof attr);
+        attr.map_fd = (uint32_t)s->map_fd;
+        attr.key = (uint64_t)(uintptr_t)&s->filtered[i].key;
+        bpf_call(BPF_MAP_DELETE_ELEM, &attr);
+    }
+    memcpy(s->filtered, s->next, (size_t)n * sizeof s->next[0]);
+    s->n_filtered = n;
+    s->filter_updates++;
+}
+
+void
+shed_busy(Shedder *s, long long ns, long long datagrams)
+{
+    if (s->armed_from != 0) {
+        s->busy_ns += ns;
+        s->processed += datagrams;
+    }
+}
+
+/* The worker is behind now: counting, and the shedding it allows, go on for another
+ * SHED_ARMED_WINDOWS windows. */
+static void
+shed_mark_behind(Shedder *s, long long now_ms)
+{
+    shed_tick(s, (uint32_t)(now_ms / SHED_WINDOW_MS) + 1);
+    if (s->behind_in != s->window) {
+        s->behind_in = s->window;
+        s->windows_behind++;
+    }
+    if (s->armed_from == 0)
+        s->armed_from = s->window;
+    s->armed_until = s->window + SHED_ARMED_WINDOWS;
+}
+
+/* Whether the worker is behind its socket: the receive queue over an eighth of its buffer.
+ * Shedding starts only once the kernel has dropped datagrams on it as well (a queue that long
+ * can also be a client with many queries in flight, which the worker keeps up with). */
+int
+shed_behind(Shedder *s, int fd, long long now_ms)
+{
+    uint32_t mem[SK_MEMINFO_VARS];
+    socklen_t len = sizeof mem;
+    if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0 || len < (SK_MEMINFO_DROPS + 1) * sizeof(uint32_t))
+        return 0; /* no way to know (an old kernel): never shed */
+    int dropped = mem[SK_MEMINFO_DROPS] != s->drops;
+    s->drops = mem[SK_MEMINFO_DROPS];
+    if ((uint64_t)mem[SK_MEMINFO_RMEM_ALLOC] * 8 < mem[SK_MEMINFO_RCVBUF] || (s->armed_from == 0 && !dropped))
+        return 0;
+    shed_mark_behind(s, now_ms);
+    return 1;
+}
+
+/* The socket's drop count now (0 when it cannot be read). */
+static uint32_t
+socket_drops(int fd)
+{
+    uint32_t mem[SK_MEMINFO_VARS];
+    socklen_t len = sizeof mem;
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0 || len < (SK_MEMINFO_DROPS + 1) * sizeof(uint32_t))
+        return 0;
+    return mem[SK_MEMINFO_DROPS];
+}
+
+static PyObject *
+shedder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    int v4_bits, v6_bits, fd = -1;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || !PyArg_ParseTuple(args, "ii|i", &v4_bits, &v6_bits, &fd))
+        return NULL;
+    if (v4_bits < 0 || v4_bits > 32 || v6_bits < 0 || v6_bits > 128) {
+        PyErr_SetString(PyExc_ValueError, "Shedder: prefix lengths 0-32 (IPv4) and 0-128 (IPv6)");
+        return NULL;
+    }
+    Shedder *s = (Shedder *)type->tp_alloc(type, 0);
+    if (s == NULL)
+        return NULL;
+    s->v4_bits = v4_bits;
+    s->v6_bits = v6_bits;
+    s->share = SHED_NONE;
+    s->map_fd = -1;
+    s->count_fd = -1;
+    s->fd = fd;
+    s->fill = SHED_FILL_START;
+    s->drops = socket_drops(fd);
+    /* a random seed: spoofed sources cannot aim at one run of slots */
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *bytes = os != NULL ? PyObject_CallMethod(os, "urandom", "i", 8) : NULL;
+    Py_XDECREF(os);
+    if (bytes == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    memcpy(&s->seed, PyBytes_AS_STRING(bytes), 8);
+    Py_DECREF(bytes);
+    int domain = 0;
+    socklen_t len = sizeof domain;
+    if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_INET) {
+        s->map_fd = filter_attach(fd, v4_bits, &s->count_fd);
+        if (s->map_fd < 0)
+            s->filter_errno = errno; /* shedding in user space only */
+    }
+    return (PyObject *)s;
+}
+
+static void
+shedder_dealloc(Shedder *s)
+{
+    if (s->map_fd >= 0) {
+        close(s->map_fd);
+        close(s->count_fd);
+    }
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *
+shedder_admit_method(Shedder *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0]) || (PyBytes_GET_SIZE(args[0]) != 4 && PyBytes_GET_SIZE(args[0]) != 16)) {
+        PyErr_SetString(PyExc_TypeError, "admit(peer: 4 or 16 octets, behind: bool, now_ms: int)");
+        return NULL;
+    }
+    int behind = PyObject_IsTrue(args[1]);
+    long long now_ms = PyLong_AsLongLong(args[2]);
+    if (behind < 0 || (now_ms == -1 && PyErr_Occurred()))
+        return NULL;
+    if (behind)
+        shed_mark_behind(s, now_ms); /* what shed_behind does when the queue is long */
+    return PyBool_FromLong(shed_admit(s, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                                      (int)PyBytes_GET_SIZE(args[0]), behind, now_ms));
+}
+
+static PyObject *
+shedder_busy_method(Shedder *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "busy(ns, datagrams)");
+        return NULL;
+    }
+    long long ns = PyLong_AsLongLong(args[0]), n = PyLong_AsLongLong(args[1]);
+    if ((ns == -1 || n == -1) && PyErr_Occurred())
+        return NULL;
+    shed_busy(s, ns, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+shedder_behind_method(Shedder *s, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    return PyBool_FromLong(shed_behind(s, fd, shed_now_ms()));
+}
+
+static PyMethodDef shedder_methods[] = {
+    {"admit", (PyCFunction)(void (*)(void))shedder_admit_method, METH_FASTCALL,
+     "admit(peer, behind, now_ms) -> bool: count a query from peer (4 or 16 octets) at now_ms\n"
+     "(milliseconds of a monotonic clock) and say whether to answer it; behind: the socket's\n"
+     "queue is long now (what behind(fd) finds)"},
+    {"busy", (PyCFunction)(void (*)(void))shedder_busy_method, METH_FASTCALL,
+     "busy(ns, datagrams): the worker read and answered this many datagrams in ns nanoseconds\n"
+     "(what udp_drain reports of each call)"},
+    {"behind", (PyCFunction)shedder_behind_method, METH_O,
+     "behind(fd) -> bool: whether the socket's receive queue is over an eighth of its buffer"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef shedder_members[] = {
+    {"shed", T_LONGLONG, offsetof(Shedder, shed), READONLY, "queries dropped unanswered in user space, in all"},
+    {"overflow", T_LONGLONG, offsetof(Shedder, overflow), READONLY,
+     "datagrams the kernel dropped for a full queue while shedding was on, in all"},
+    {"windows_behind", T_LONGLONG, offsetof(Shedder, windows_behind), READONLY,
+     "windows (of 100 ms) in which the worker was behind its socket at least once"},
+    {"filter_updates", T_LONGLONG, offsetof(Shedder, filter_updates), READONLY,
+     "times the kernel filter's map was rewritten"},
+    {"filtered_prefixes", T_INT, offsetof(Shedder, n_filtered), READONLY, "IPv4 prefixes the kernel filter thins out now"},
+    {"fill", T_INT, offsetof(Shedder, fill), READONLY, "percent of the worker's capacity the shares are set to fill"},
+    {"filter_errno", T_INT, offsetof(Shedder, filter_errno), READONLY,
+     "why the kernel did not take the filter (an errno; 0: it did, or it was not asked)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyObject *
+shedder_get_share(Shedder *s, void *closure)
+{
+    (void)closure;
+    if (s->share == SHED_NONE)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(s->share);
+}
+
+static PyObject *
+shedder_get_kernel_filter(Shedder *s, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(s->map_fd >= 0);
+}
+
+static PyObject *
+shedder_get_filtered(Shedder *s, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLongLong(filter_dropped(s));
+}
+
+static PyGetSetDef shedder_getset[] = {
+    {"share", (getter)shedder_get_share, NULL, "queries per prefix in this window (100 ms); None: nothing shed", NULL},
+    {"kernel_filter", (getter)shedder_get_kernel_filter, NULL, "whether the socket has the kernel filter", NULL},
+    {"filtered", (getter)shedder_get_filtered, NULL, "datagrams the kernel filter dropped, in all", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject ShedderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "imrs._fastpath.Shedder",
+    .tp_basicsize = sizeof(Shedder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Behind its socket, a worker sheds the busiest client prefixes' queries first (csrc/fastpath/shed.c).",
+    .tp_methods = shedder_methods,
+    .tp_members = shedder_members,
+    .tp_getset = shedder_getset,
+    .tp_new = shedder_new,
+    .tp_dealloc = (destructor)shedder_dealloc,
+};

@@ -1,0 +1,53 @@
+"""Shedding under overload: the busiest client prefixes lose their queries first.
+
+When a flood outruns a worker, its UDP socket's receive queue fills and the kernel drops
+what arrives next, whoever sent it: a real client loses the same fraction of its queries as
+the flood.  (NSD and Knot leave it at that: under the junk flood of tests/test_flood.py NSD
+answers 30-45 % of a modest client's queries.)  imrs gives each client prefix (the RRL prefix
+lengths, /24 and /56 by default) an equal share of what the worker can answer, and a prefix
+that asks less than its share is answered in full: max-min fairness.  Only a worker that is
+behind its socket sheds (its queue long, and the kernel dropping datagrams for a full queue),
+so a server that keeps up never loses a query to it; a client with many queries in flight
+(dnsperf, a busy resolver) is not shed either, as long as the worker keeps up with it.
+
+The work is csrc/fastpath/shed.c (``Shedder``, one per UDP socket, used by the C loop):
+
+- it counts queries per prefix in windows of 100 ms and measures how many the worker reads
+  and answers in a window (over the time it was busy); at each window's end the share is the
+  water level of the counts that fits a fraction of that (lowered after a window in which the
+  queue still overflowed);
+- on an IPv4 socket, where the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket
+  filter drops a busy prefix's datagrams before they are queued, keeping each with the
+  probability share / its rate: reading a datagram only to drop it would still cost about a
+  third of answering it;
+- in user space, while behind, a query from a prefix already over its share in this window
+  is dropped unanswered (IPv6, or when the kernel refuses the filter).
+
+``[rrl] shed = false`` turns it off.  The pure-Python loops (without the C extension) do not
+shed.  What it does shows in the metrics: queries shed in user space, datagrams the filter
+dropped, and the kernel's drops for a full queue while shedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from imrs.answer import fastc
+from imrs.config import RrlConfig
+
+log = logging.getLogger("imrs.shed")
+
+
+def make_shedder(rrl: RrlConfig, fd: int) -> object | None:
+    """The Shedder of the UDP socket `fd`, for the C loop; None when shedding is off or the C
+    extension is not built.  Where the kernel refuses the filter (not root, no CAP_BPF, an old
+    kernel), shedding is done in user space only, which the log says (once per socket)."""
+    c_type = getattr(fastc._fastpath, "Shedder", None) if fastc.enabled() else None
+    if not rrl.shed or c_type is None:
+        return None
+    shedder = c_type(rrl.ipv4_prefix, rrl.ipv6_prefix, fd)
+    if shedder.filter_errno:
+        log.info("UDP shedding without the kernel filter (%s): a flood's shed queries are still read",
+                 os.strerror(shedder.filter_errno))
+    return shedder

@@ -1,0 +1,243 @@
+"""Shedding under overload (serve/shed.py, csrc/fastpath/shed.c): when a worker falls behind
+its UDP socket, every client prefix gets an equal share of what the worker can answer, and a
+prefix asking less than its share keeps all of its answers.
+
+The Shedder is driven here with a clock of its own (``admit(peer, behind, now_ms)``) and a
+measured capacity of its own (``busy(ns, datagrams)``), so that each window's share can be
+checked against a brute-force max-min computation; the kernel filter is checked with real
+datagrams on a real socket (as root).  The flood test (tests/test_flood.py) shows the whole
+under a real flood.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+import pytest
+
+from imrs.answer import fastc
+from imrs.config import ConfigError, RrlConfig, load_config
+from imrs.serve.shed import make_shedder
+
+Shedder = getattr(fastc._fastpath, "Shedder", None)
+pytestmark = pytest.mark.skipif(Shedder is None, reason="the C extension is not built")
+
+WINDOW_MS = 100
+WINDOW_NS = WINDOW_MS * 1_000_000
+
+
+def _v4(a: int, b: int, c: int = 0, d: int = 1) -> bytes:
+    return bytes([a, b, c, d])
+
+
+def _window(s, t0: int, counts: dict[bytes, int], behind: bool = True, capacity: int | None = None) -> dict[bytes, int]:
+    """One window from t0 (ms): each peer's queries spread over it, interleaved; what was
+    admitted, per peer.  `capacity`: the worker read this many in the whole window's time."""
+    admitted = dict.fromkeys(counts, 0)
+    order = [peer for peer, n in counts.items() for _ in range(n)]
+    random.Random(t0).shuffle(order)
+    for i, peer in enumerate(order):
+        now = t0 + (i * WINDOW_MS) // max(1, len(order))
+        admitted[peer] += s.admit(peer, behind, now)
+    if capacity is not None:
+        s.busy(WINDOW_NS, capacity)
+    return admitted
+
+
+def _max_min_share(counts: list[int], capacity: int) -> int | None:
+    """The largest T with sum(min(c, T)) <= capacity, by brute force; None: all fit."""
+    if sum(counts) <= capacity:
+        return None
+    t = 1
+    while sum(min(c, t + 1) for c in counts) <= capacity:
+        t += 1
+    return t
+
+
+def test_the_share_is_the_max_min_water_level():
+    rng = random.Random(5)
+    for trial in range(30):
+        s = Shedder(24, 56)
+        peers = [_v4(10, i) for i in range(rng.randint(2, 40))]
+        counts = {peer: rng.randint(1, 400) for peer in peers}
+        # (a window that read fewer than 256 datagrams does not count: too few to measure)
+        capacity = rng.randint(256, max(256, sum(counts.values())))
+        _window(s, 0, counts)  # counting starts here (behind): this window is not whole
+        _window(s, 100, counts, capacity=capacity)
+        s.admit(peers[0], True, 200)  # the next window: the share is set from the last
+        # the fill aimed at after a window without overflow (no socket: never any)
+        expected = _max_min_share(list(counts.values()), capacity * s.fill // 100)
+        assert s.share == expected, (trial, s.fill, capacity, sorted(counts.values()))
+
+
+def test_a_light_prefix_keeps_every_query_and_busy_ones_their_share():
+    s = Shedder(24, 56)
+    heavy = {_v4(10, i): 60 for i in range(20)}
+    light = _v4(192, 0, 2, 7)
+    counts = {**heavy, light: 10}
+    seen = []
+    for w in range(12):
+        admitted = _window(s, w * WINDOW_MS, counts, capacity=600)
+        seen.append((s.share, admitted))
+    assert all(admitted[light] == 10 for _share, admitted in seen)
+    shares = [share for share, _ in seen[2:]]
+    assert all(share is not None and 10 < share < 60 for share in shares), shares
+    for share, admitted in seen[2:]:
+        # each busy prefix is held to the share (behind all the time: shed in user space)
+        assert all(admitted[peer] == share for peer in heavy), (share, admitted)
+    assert s.shed == sum(60 - admitted[p] for _share, admitted in seen for p in heavy)
+
+
+def test_a_worker_that_keeps_up_sheds_nothing():
+    s = Shedder(24, 56)
+    counts = {**{_v4(10, i): 80 for i in range(20)}, _v4(192, 0, 2, 7): 10}
+    for w in range(10):
+        admitted = _window(s, w * WINDOW_MS, counts, behind=False, capacity=100)
+        assert admitted == counts
+    assert s.share is None and s.shed == 0 and s.windows_behind == 0
+
+
+def test_shedding_stops_after_the_flood():
+    s = Shedder(24, 56)
+    counts = {_v4(10, i): 60 for i in range(20)}
+    for w in range(5):
+        _window(s, w * WINDOW_MS, counts, capacity=600)
+    assert s.share is not None
+    quiet = {_v4(10, 1): 2}
+    for w in range(5, 40):
+        admitted = _window(s, w * WINDOW_MS, quiet, behind=False, capacity=2)
+        assert admitted == quiet
+    assert s.share is None
+
+
+def test_prefixes_are_the_configured_lengths():
+    s = Shedder(16, 48)
+    # 10.1.x.x is one /16: two addresses in it share one count
+    counts = {_v4(10, 1, 0, 1): 300, _v4(10, 1, 200, 9): 300, _v4(10, 2, 0, 1): 300}
+    for w in range(4):
+        _window(s, w * WINDOW_MS, counts, capacity=600)
+    # two prefixes, of 600 and 300 queries
+    assert s.share == _max_min_share([600, 300], 600 * s.fill // 100)
+    v6 = bytes.fromhex("20010db8000100ff" + "00" * 8)
+    same_48 = bytes.fromhex("20010db80001ff00" + "11" * 8)
+    s6 = Shedder(24, 48)
+    for w in range(4):
+        _window(s6, w * WINDOW_MS, {v6: 300, same_48: 300, _v4(10, 2): 300}, capacity=600)
+    assert s6.share == _max_min_share([600, 300], 600 * s6.fill // 100)
+
+
+def test_memory_is_fixed_whatever_the_sources():
+    s = Shedder(24, 56)
+    size = s.__sizeof__()
+    rng = random.Random(3)
+    for w in range(3):
+        for i in range(100_000):  # far more prefixes than the table counts
+            s.admit(rng.randbytes(4), True, w * WINDOW_MS + i // 1000)
+        s.busy(WINDOW_NS, 10_000)
+    assert s.__sizeof__() == size < 400_000
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        Shedder(33, 56)
+    with pytest.raises(ValueError):
+        Shedder(24, 129)
+    s = Shedder(24, 56)
+    with pytest.raises(TypeError):
+        s.admit(b"\x01\x02\x03", True, 0)
+
+
+# ------------------------------------------------------------------------------- kernel filter
+
+
+def _count_from(sock: socket.socket, seconds: float) -> dict[str, int]:
+    got: dict[str, int] = {}
+    end = time.monotonic() + seconds
+    sock.settimeout(0.05)
+    while time.monotonic() < end:
+        try:
+            _data, (host, _port) = sock.recvfrom(2048)
+        except TimeoutError:
+            continue
+        got[host] = got.get(host, 0) + 1
+    return got
+
+
+def test_the_kernel_filter_thins_a_busy_prefix_to_its_share():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    server.bind(("127.0.0.1", 0))
+    s = Shedder(24, 56, server.fileno())
+    if not s.kernel_filter:
+        assert os.geteuid() != 0, f"root, yet the kernel refused the filter: {os.strerror(s.filter_errno)}"
+        pytest.skip(f"the kernel refused the filter ({os.strerror(s.filter_errno)}): needs root or CAP_BPF")
+    busy, quiet = "127.9.0.7", "127.10.0.7"
+    counts = {socket.inet_aton(busy): 1000, socket.inet_aton(quiet): 50}
+    _window(s, 0, counts)
+    _window(s, 100, counts, capacity=300)
+    s.admit(socket.inet_aton(quiet), False, 200)  # the window ends: the filter is written
+    share = s.share
+    assert share is not None and share < 300 and s.filtered_prefixes == 1
+    senders = {}
+    for host in (busy, quiet):
+        senders[host] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        senders[host].bind((host, 0))
+    sent = {busy: 4000, quiet: 400}
+    for host, n in sent.items():
+        for _ in range(n):
+            senders[host].sendto(b"x" * 40, server.getsockname())
+    got = _count_from(server, 1.0)
+    for sock in (server, *senders.values()):
+        sock.close()
+    kept = share / 1000  # it asked 1000 in a window, its share `share`
+    assert got.get(quiet) == sent[quiet]
+    expected = sent[busy] * kept
+    sd = (sent[busy] * kept * (1 - kept)) ** 0.5
+    assert abs(got.get(busy, 0) - expected) < 5 * sd + 5, (got, expected, share)
+    assert s.filtered == sent[busy] - got.get(busy, 0)
+
+
+def test_the_filter_goes_once_shedding_stops():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    s = Shedder(24, 56, server.fileno())
+    if not s.kernel_filter:
+        pytest.skip("the kernel refused the filter")
+    busy = socket.inet_aton("127.9.0.7")
+    _window(s, 0, {busy: 1000, _v4(127, 11): 50})
+    _window(s, 100, {busy: 1000, _v4(127, 11): 50}, capacity=300)
+    s.admit(busy, False, 200)
+    assert s.filtered_prefixes == 1
+    for w in range(3, 30):
+        _window(s, w * WINDOW_MS, {_v4(127, 11): 2}, behind=False, capacity=2)
+    assert s.share is None and s.filtered_prefixes == 0
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.9.0.7", 0))
+    for _ in range(200):
+        sender.sendto(b"x" * 40, server.getsockname())
+    assert _count_from(server, 0.5).get("127.9.0.7") == 200
+    sender.close()
+    server.close()
+
+
+# ------------------------------------------------------------------------------------- wiring
+
+
+def test_make_shedder_and_the_config(tmp_path):
+    assert RrlConfig().shed is True
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        shedder = make_shedder(RrlConfig(), sock.fileno())
+        assert isinstance(shedder, Shedder) and not shedder.kernel_filter  # IPv6: user space only
+        assert make_shedder(RrlConfig(shed=False), sock.fileno()) is None
+    finally:
+        sock.close()
+    path = tmp_path / "imrs.toml"
+    path.write_text("[rrl]\nshed = false\n")
+    assert load_config(path).rrl.shed is False
+    path.write_text("[rrl]\nshed = 3\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
