@@ -73,6 +73,17 @@ def test_the_share_is_the_max_min_water_level():
         assert s.share == expected, (trial, s.fill, capacity, sorted(counts.values()))
 
 
+def test_a_few_very_busy_prefixes_get_a_level_above_the_histogram():
+    """Counts of 4,095 or more share the histogram's last bin; a level above that is still the
+    max-min one when those prefixes all ask more than it."""
+    s = Shedder(24, 56)
+    counts = {_v4(10, 1): 10_000, _v4(10, 2): 12_000, **{_v4(192, 0, i): 10 for i in range(5)}}
+    _window(s, 0, counts)
+    _window(s, 100, counts, capacity=20_000)
+    s.admit(_v4(10, 1), True, 200)
+    assert s.share == _max_min_share(list(counts.values()), 20_000 * s.fill // 100) > 4095
+
+
 def test_a_light_prefix_keeps_every_query_and_busy_ones_their_share():
     s = Shedder(24, 56)
     heavy = {_v4(10, i): 60 for i in range(20)}

@@ -103,6 +103,7 @@ struct Shedder {
     struct shed_filtered filtered[SHED_FILTER_MAX]; /* what the map holds, by key */
     struct shed_filtered next[SHED_FILTER_MAX];     /* what it is to hold (filter_update) */
     uint32_t hist[SHED_BINS];  /* prefixes by their count in the window (made at its end) */
+    long long top_sum;         /* the queries of those in its last bin */
     struct shed_slot table[SHED_SLOTS];
 };
 
@@ -112,21 +113,29 @@ static void filter_update(Shedder *s);
 static void estimate_arrivals(Shedder *s);
 
 /* The largest share T with sum over prefixes of min(count, T) <= capacity, from the window's
- * histogram of counts (the water level of max-min fairness); SHED_NONE when all fit whole. */
+ * histogram of counts (the water level of max-min fairness); SHED_NONE when all fit whole.
+ * The last bin holds the prefixes of SHED_BINS - 1 queries or more, `top_sum` their queries:
+ * a level above it is shared out among them evenly (a little low when some of them ask less
+ * than that level: they would fit whole). */
 static uint32_t
-water_level(const uint32_t *hist, long long capacity)
+water_level(const uint32_t *hist, long long top_sum, long long capacity)
 {
     long long at_least = 0; /* prefixes with a count >= T */
     for (int c = 1; c < SHED_BINS; c++)
         at_least += hist[c];
-    long long sum = 0;
+    long long sum = 0, below = 0; /* sum(min(count, T)); the queries of prefixes under T */
     for (uint32_t t = 1; t < SHED_BINS && at_least > 0; t++) {
         sum += at_least;
         if (sum > capacity)
             return t > 1 ? t - 1 : 1;
         at_least -= hist[t];
+        below += (long long)t * hist[t];
     }
-    return SHED_NONE;
+    long long top = hist[SHED_BINS - 1];
+    if (top == 0 || below - (long long)(SHED_BINS - 1) * top + top_sum <= capacity)
+        return SHED_NONE;
+    long long level = (capacity - (below - (long long)(SHED_BINS - 1) * top)) / top;
+    return level >= UINT32_MAX ? SHED_NONE - 1 : (uint32_t)level;
 }
 
 /* Move the clock to window `now`.  When the one that ended was counted whole (and was the one
@@ -160,7 +169,7 @@ shed_tick(Shedder *s, uint32_t now)
         if (s->processed >= SHED_MIN_PROCESSED && s->busy_ns > 0) {
             double capacity = (double)s->processed * SHED_WINDOW_MS * 1e6 / (double)s->busy_ns;
             s->capacity = s->capacity > 0 ? (3 * s->capacity + capacity) / 4 : capacity;
-            s->share = water_level(s->hist, (long long)(s->capacity * s->fill / 100));
+            s->share = water_level(s->hist, s->top_sum, (long long)(s->capacity * s->fill / 100));
         }
         else
             s->share = SHED_NONE; /* so little read that no flood is on */
@@ -384,9 +393,15 @@ estimate_arrivals(Shedder *s)
         }
     }
     memset(s->hist, 0, sizeof s->hist);
-    for (size_t i = 0; i < SHED_SLOTS; i++)
-        if (s->table[i].window == s->window)
-            s->hist[s->table[i].count < SHED_BINS - 1 ? s->table[i].count : SHED_BINS - 1]++;
+    s->top_sum = 0;
+    for (size_t i = 0; i < SHED_SLOTS; i++) {
+        struct shed_slot *t = &s->table[i];
+        if (t->window != s->window)
+            continue;
+        s->hist[t->count < SHED_BINS - 1 ? t->count : SHED_BINS - 1]++;
+        if (t->count >= SHED_BINS - 1)
+            s->top_sum += t->count;
+    }
 }
 
 /* At the end of a window: the map gets each IPv4 prefix whose estimated count is over the
