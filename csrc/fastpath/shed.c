@@ -17,14 +17,16 @@
  * with).  At each window's end the share is set from that window's per-prefix counts and from
  * what the worker can read and answer in a window (measured: what it read over the time it
  * was busy), aiming at `fill` percent of it; `fill` drops by ten points after a window in which
- * the queue still overflowed, and creeps back up by one after each that did not.
+ * the queue still overflowed with a share set, and creeps back up by one after each that did not.
+ * A prefix is shed only when it asks more than its share and a quarter (over_share): one asking
+ * about its share does not pay for the noise in the counts.
  *   - On an IPv4 socket, where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket
  *     filter drops a busy prefix's datagrams before they are queued, keeping each with the
  *     probability share / (its count), so the worker reads about its share and no more:
  *     reading a datagram only to drop it costs about a third of answering it, and a flood can
  *     outrun even that.  The counts of filtered prefixes are scaled up by what was kept.
  *   - In user space, while the worker is behind, a datagram from a prefix already over its
- *     share in this window is dropped unanswered (IPv6, or no kernel filter).
+ *     share and a quarter in this window is dropped unanswered (IPv6, or no kernel filter).
  * Shedding stops 20 windows after the share was last needed.  A server that keeps up never
  * sheds a query.  Memory is fixed: SHED_SLOTS prefixes are counted per window (one that finds
  * no slot is never shed) and SHED_FILTER_MAX filtered.  udp_drain calls shed_behind once per
@@ -160,12 +162,14 @@ shed_tick(Shedder *s, uint32_t now)
         s->share = SHED_NONE;
     else {
         estimate_arrivals(s);
-        /* the fill aimed at: lower after a window the queue overflowed, a little higher after one
-         * it did not (a few datagrams of difference are the two counters read a moment apart) */
-        if (overflow > SHED_OVERFLOW_SLACK)
+        /* the fill aimed at: lower after a window the queue overflowed although it had a share
+         * (before there was one, as a flood begins, it overflows whatever the fill), a little
+         * higher after one it did not (a few datagrams of difference are the two counters read
+         * a moment apart) */
+        if (overflow > SHED_OVERFLOW_SLACK && s->share != SHED_NONE)
             s->fill = s->fill > SHED_FILL_MIN + 10 ? s->fill - 10 : SHED_FILL_MIN;
-        else if (s->fill < SHED_FILL_MAX)
-            s->fill++;
+        else if (overflow <= SHED_OVERFLOW_SLACK)
+            s->fill = s->fill < SHED_FILL_MAX ? s->fill + 1 : SHED_FILL_MAX;
         if (s->processed >= SHED_MIN_PROCESSED && s->busy_ns > 0) {
             double capacity = (double)s->processed * SHED_WINDOW_MS * 1e6 / (double)s->busy_ns;
             s->capacity = s->capacity > 0 ? (3 * s->capacity + capacity) / 4 : capacity;
@@ -186,6 +190,15 @@ shed_tick(Shedder *s, uint32_t now)
     s->window = now;
     s->processed = 0;
     s->busy_ns = 0;
+}
+
+/* What a prefix may ask before it is shed: its share and a quarter.  A client asking about
+ * its share is not made to pay for the noise in its own count or in the measured capacity;
+ * a busy prefix (a flood's, asking several times its share) is held to the share itself. */
+static inline uint32_t
+over_share(uint32_t share)
+{
+    return share == SHED_NONE ? SHED_NONE : share + share / 4;
 }
 
 static uint64_t
@@ -256,7 +269,7 @@ shed_admit(Shedder *s, const unsigned char *addr, int alen, int behind, long lon
     if (slot == NULL)
         return 1; /* the table is full along this prefix's probes: not counted */
     slot->count++;
-    if (behind && slot->count > s->share) {
+    if (behind && slot->count > over_share(s->share)) {
         s->shed++;
         return 0;
     }
@@ -415,7 +428,7 @@ filter_update(Shedder *s)
     if (s->share != SHED_NONE)
         for (size_t i = 0; i < SHED_SLOTS && n < SHED_FILTER_MAX; i++) {
             struct shed_slot *t = &s->table[i];
-            if (t->window != s->window || !(t->key >> 63) || t->count <= s->share)
+            if (t->window != s->window || !(t->key >> 63) || t->count <= over_share(s->share))
                 continue;
             s->next[n].key = htonl((uint32_t)t->key);
             s->next[n].keep = (uint32_t)(((uint64_t)s->share << 32) / t->count);
