@@ -47,7 +47,8 @@ test_junk_flood_legit_share
     In every regime imrs must keep at least its NSD's share less SHARE_TOLERANCE, and in floor
     never below 97 %.  In max the 97 % floor is measured but not yet held: imrs keeps 95-100 %
     there, and the client's 200 q/s is about a fair share of what a worker can answer on this
-    VM, so a run under 97 % ends as XFAIL with the figures.  Side by side each server has half
+    VM, so a run under 97 % ends as XFAIL with the figures (under SHED_WORKS, 85 %, it fails:
+    shedding is not working).  Side by side each server has half
     a core; imrs keeps 90-100 % there.  When max misses either, two more rounds of it are
     measured and decided on together with the first two.  Each
     server's figures give the flood's rate aimed at it and how many queries a second reached
@@ -125,6 +126,9 @@ LEGIT_SOURCE_PORTS = 32  # the client's sockets, used in turn
 # standard error of the difference of two such shares is 0.02; this is 2.5 of it.
 SHARE_TOLERANCE = 0.05
 SHARE_FLOOR = 0.97  # the issue's: never below (held at FLOOR_RATE; at the top rate, XFAIL below it)
+# At the top rate imrs below this fails outright: its shedding is not doing its job (without it
+# imrs kept NSD's 30-55 % there; with it 93-100 % in every run of 2026-12-01, rounds pooled)
+SHED_WORKS = 0.85
 
 TCP_IDLE_CONNECTIONS = 3000
 TCP_LEGIT_QUERIES = 20
@@ -364,6 +368,8 @@ def _share_failures(regime: str, table: dict[str, dict]) -> tuple[list[str], lis
             failures.append(f"{regime}: {name} keeps {got:.4f}, {reference} {ref:.4f} (tolerance {SHARE_TOLERANCE})")
         if regime != "side" and got < SHARE_FLOOR:
             floor.append(f"{regime}: {name} keeps {got:.4f} < {SHARE_FLOOR}")
+        if regime == "max" and got < SHED_WORKS:
+            failures.append(f"{regime}: {name} keeps {got:.4f} < {SHED_WORKS}: shedding does not hold the flood back")
     return failures, floor
 
 
