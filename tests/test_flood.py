@@ -45,7 +45,7 @@ test_junk_flood_legit_share
       side   the top rate dealt out in turn to NSD and imrs side by side, at the same moment,
              both on core 0 (one round): the same flood for both, each with half a core.
     In every regime imrs must keep at least its NSD's share less SHARE_TOLERANCE, and in floor
-    never below 97 %.  In max the 97 % floor is measured but not yet held: imrs keeps 95-100 %
+    never below 97 %.  In max the 97 % floor is measured but not yet held: imrs keeps 93-100 %
     there, and the client's 200 q/s is about a fair share of what a worker can answer on this
     VM, so a run under 97 % ends as XFAIL with the figures (under SHED_WORKS, 85 %, it fails:
     shedding is not working).  Side by side each server has half
@@ -456,7 +456,7 @@ def test_junk_flood_legit_share(tmp_path, results):
     problems = [line for regime in plans for line in failures[regime]] + floors["floor"]
     assert not problems, "\n".join(problems) + "\n" + figures
     if floors["max"]:
-        # Reported, not hidden: at the generator's top rate imrs keeps 95-100 % here (NSD
+        # Reported, not hidden: at the generator's top rate imrs keeps 93-100 % here (NSD
         # 30-55 %), and the client's 200 q/s is close to what a fair share of a worker's
         # answers is on this VM (500 flooding prefixes, 125,000-180,000 answers a second), so
         # four rounds can still end a little under the 97 %.
