@@ -110,6 +110,17 @@ struct Shedder {
 };
 
 static uint32_t socket_drops(int fd);
+
+/* The socket's memory figures (SO_MEMINFO), its drop count among them; -1 when the kernel
+ * does not give them (no socket, an old kernel). */
+static int
+read_meminfo(int fd, uint32_t mem[SK_MEMINFO_VARS])
+{
+    socklen_t len = SK_MEMINFO_VARS * sizeof(uint32_t);
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0 || len < (SK_MEMINFO_DROPS + 1) * sizeof(uint32_t))
+        return -1;
+    return 0;
+}
 static long long filter_dropped(Shedder *s);
 static void filter_update(Shedder *s);
 static void estimate_arrivals(Shedder *s);
@@ -150,14 +161,18 @@ shed_tick(Shedder *s, uint32_t now)
     if (now == s->window)
         return;
     int whole = s->armed_from != 0 && s->armed_from < s->window && now == s->window + 1;
-    /* what the kernel dropped for a full queue in the ending window: its drops less the filter's */
-    long long filtered_now = filter_dropped(s);
-    uint32_t drops_now = socket_drops(s->fd);
-    long long overflow = (long long)(uint32_t)(drops_now - s->tick_drops) - (filtered_now - s->filtered_total);
-    s->filtered_total = filtered_now;
-    s->tick_drops = drops_now;
-    if (overflow > 0 && s->armed_from != 0)
-        s->overflow += overflow;
+    /* what the kernel dropped for a full queue in the ending window, its drops less the
+     * filter's: read while counting only (a calm socket costs no system call here) */
+    long long overflow = 0;
+    if (s->armed_from != 0) {
+        long long filtered_now = filter_dropped(s);
+        uint32_t drops_now = socket_drops(s->fd);
+        overflow = (long long)(uint32_t)(drops_now - s->tick_drops) - (filtered_now - s->filtered_total);
+        s->filtered_total = filtered_now;
+        s->tick_drops = drops_now;
+        if (overflow > 0)
+            s->overflow += overflow;
+    }
     if (!whole)
         s->share = SHED_NONE;
     else {
@@ -476,8 +491,11 @@ shed_mark_behind(Shedder *s, long long now_ms)
         s->behind_in = s->window;
         s->windows_behind++;
     }
-    if (s->armed_from == 0)
+    if (s->armed_from == 0) { /* counting starts: the overflow is counted from now */
         s->armed_from = s->window;
+        s->tick_drops = socket_drops(s->fd);
+        s->filtered_total = filter_dropped(s);
+    }
     s->armed_until = s->window + SHED_ARMED_WINDOWS;
 }
 
@@ -488,8 +506,7 @@ int
 shed_behind(Shedder *s, int fd, long long now_ms)
 {
     uint32_t mem[SK_MEMINFO_VARS];
-    socklen_t len = sizeof mem;
-    if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0 || len < (SK_MEMINFO_DROPS + 1) * sizeof(uint32_t))
+    if (read_meminfo(fd, mem) < 0)
         return 0; /* no way to know (an old kernel): never shed */
     int dropped = mem[SK_MEMINFO_DROPS] != s->drops;
     s->drops = mem[SK_MEMINFO_DROPS];
@@ -504,10 +521,7 @@ static uint32_t
 socket_drops(int fd)
 {
     uint32_t mem[SK_MEMINFO_VARS];
-    socklen_t len = sizeof mem;
-    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0 || len < (SK_MEMINFO_DROPS + 1) * sizeof(uint32_t))
-        return 0;
-    return mem[SK_MEMINFO_DROPS];
+    return read_meminfo(fd, mem) < 0 ? 0 : mem[SK_MEMINFO_DROPS];
 }
 
 static PyObject *
