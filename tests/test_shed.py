@@ -212,6 +212,84 @@ def test_the_kernel_filter_thins_a_busy_prefix_to_its_share():
     assert s.filtered == sent[busy] - got.get(busy, 0)
 
 
+def _filter_or_skip(server: socket.socket):
+    s = Shedder(24, 56, server.fileno())
+    if not s.kernel_filter:
+        assert os.geteuid() != 0, f"root, yet the kernel refused the filter: {os.strerror(s.filter_errno)}"
+        pytest.skip(f"the kernel refused the filter ({os.strerror(s.filter_errno)}): needs root or CAP_BPF")
+    return s
+
+
+def test_the_filter_takes_prefixes_over_twice_their_share_and_keeps_them_until_they_ask_their_share():
+    """A client asking a little over its share is not thinned (the share moves with the noise
+    in the counts); a busy prefix is, and stays thinned while it asks more than its share,
+    although that is under twice the share."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    server.bind(("127.0.0.1", 0))
+    s = _filter_or_skip(server)
+    busy, near = socket.inet_aton("127.9.0.7"), socket.inet_aton("127.10.0.7")
+    light = {_v4(127, 20 + i): 60 for i in range(10)}
+    counts = {busy: 1000, near: 100, **light}
+    _window(s, 0, counts)
+    _window(s, 100, counts, capacity=865)
+    s.admit(_v4(127, 20), False, 200)  # the window ends: the share is set, the filter written
+    share = s.share
+    assert share == _max_min_share(list(counts.values()), 865 * s.fill // 100)
+    assert share + share // 4 < counts[near] <= 2 * share, share  # what the case is about
+    assert s.filtered_prefixes == 1
+    # The next window: what the filter let through of the busy prefix makes it ask about one
+    # and a half shares (its count is scaled up by what was kept, share / 1000).
+    read = max(1, round(1.5 * share * share / 1000))
+    asked = read * 1000 / share
+    _window(s, 200, {busy: read, near: 100, **light}, capacity=865)
+    s.admit(_v4(127, 20), False, 300)
+    share2 = s.share
+    assert share2 is not None and share2 < asked - 1 and asked + 1 < 2 * share2, (share, share2, asked)
+    assert share2 < counts[near] <= 2 * share2, share2
+    assert s.filtered_prefixes == 1  # the busy prefix still, and not the near one
+    senders = {}
+    for name, addr in (("busy", busy), ("near", near)):
+        senders[name] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        senders[name].bind((socket.inet_ntoa(addr), 0))
+        for _ in range(300):
+            senders[name].sendto(b"x" * 40, server.getsockname())
+    got = _count_from(server, 0.5)
+    for sock in (server, *senders.values()):
+        sock.close()
+    assert got.get("127.10.0.7") == 300, got
+    kept = share2 / asked
+    sd = (300 * kept * (1 - kept)) ** 0.5
+    assert abs(got.get("127.9.0.7", 0) - 300 * kept) < 5 * sd + 5, (got, kept)
+
+
+def test_an_overflowing_queue_does_not_make_the_prefixes_look_smaller():
+    """The kernel dropped datagrams for a full queue: every prefix's count is scaled up by
+    them, or the flood would look smaller than it is and the filter let more of it through."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    s = Shedder(24, 56, server.fileno())
+    counts = {**{_v4(10, i): 10 for i in range(10)}, **{_v4(11, i): 70 for i in range(10)}}
+    first = _v4(10, 0)
+    _window(s, 0, counts)  # counting from here
+    s.admit(first, True, 100)  # the window from 100 ms begins
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(2000):  # the small queue overflows
+        sender.sendto(b"x" * 40, server.getsockname())
+    sender.close()
+    _window(s, 100, {**counts, first: counts[first] - 1}, capacity=800)
+    s.admit(first, True, 200)
+    server.close()
+    overflow = s.overflow
+    assert overflow > 1000, overflow
+    scale = (800 + overflow) / 800
+    # the first shares do not lower the fill for an overflow (the flood's start filled the queue)
+    assert s.fill == 80
+    assert s.share == _max_min_share([int(c * scale) for c in counts.values()], 800 * s.fill // 100)
+    assert s.share != _max_min_share(list(counts.values()), 800 * s.fill // 100)
+
+
 def test_the_filter_goes_once_shedding_stops():
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))

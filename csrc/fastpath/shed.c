@@ -17,16 +17,22 @@
  * with).  At each window's end the share is set from that window's per-prefix counts and from
  * what the worker can read and answer in a window (measured: what it read over the time it
  * was busy), aiming at `fill` percent of it; `fill` drops by ten points after a window in which
- * the queue still overflowed with a share set, and creeps back up by one after each that did not.
- * A prefix is shed only when it asks more than its share and a quarter (over_share): one asking
- * about its share does not pay for the noise in the counts.
+ * the queue still overflowed with a share set (once the first shares have had
+ * SHED_SETTLE_WINDOWS windows to drain the queue the flood's start filled), and creeps back up
+ * by one after each that did not.  The counts are what each prefix asked, estimated: scaled up
+ * by what an overflowing queue and the kernel filter let through.
  *   - On an IPv4 socket, where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket
  *     filter drops a busy prefix's datagrams before they are queued, keeping each with the
  *     probability share / (its count), so the worker reads about its share and no more:
  *     reading a datagram only to drop it costs about a third of answering it, and a flood can
- *     outrun even that.  The counts of filtered prefixes are scaled up by what was kept.
+ *     outrun even that.  A prefix is busy when it asks more than twice its share (SHED_HEAVY),
+ *     and stays so until it asks its share or less: a client asking about its share is not
+ *     made to pay for the noise in the counts and in the measured capacity (the share moves
+ *     with them), and a flooding prefix whose count dips under twice the share for a window
+ *     is not let through whole in the next.
  *   - In user space, while the worker is behind, a datagram from a prefix already over its
- *     share and a quarter in this window is dropped unanswered (IPv6, or no kernel filter).
+ *     share and a quarter in this window (over_share) is dropped unanswered (IPv6, or no
+ *     kernel filter; with one, over twice its share: one the filter does not thin yet).
  * Shedding stops 20 windows after the share was last needed.  A server that keeps up never
  * sheds a query.  Memory is fixed: SHED_SLOTS prefixes are counted per window (one that finds
  * no slot is never shed) and SHED_FILTER_MAX filtered.  udp_drain calls shed_behind once per
@@ -56,8 +62,10 @@
 #define SHED_ARMED_WINDOWS 20  /* windows counted after the worker was last behind or shedding */
 #define SHED_NONE UINT32_MAX   /* no share: nothing shed */
 #define SHED_FILL_MIN 50       /* percent of the worker's capacity the shares may be set to fill, */
-#define SHED_FILL_MAX 80       /* ... at most, */
-#define SHED_FILL_START 70     /* ... at first */
+#define SHED_FILL_MAX 90       /* ... at most, */
+#define SHED_FILL_START 80     /* ... at first */
+#define SHED_SETTLE_WINDOWS 3  /* windows a first share takes to drain the queue the flood filled */
+#define SHED_HEAVY 2           /* the kernel filter thins prefixes asking over this many shares */
 #define SHED_OVERFLOW_SLACK 16 /* datagrams of a window's overflow count taken for noise */
 #define SHED_MIN_PROCESSED 256 /* datagrams a window must read to measure (fewer: no flood is on) */
 #define SHED_FILTER_MAX 2048   /* IPv4 prefixes the kernel filter can thin out */
@@ -84,6 +92,7 @@ struct Shedder {
     uint32_t armed_until;     /* ... through this window */
     uint32_t behind_in;       /* the last window in which the worker was behind */
     uint32_t share;           /* queries per prefix in this window; SHED_NONE: nothing shed */
+    uint32_t shared_for;      /* windows the share has been set in a row */
     int fill;                 /* percent of its capacity the shares are set to fill */
     double capacity;          /* datagrams the worker can read and answer in a window (smoothed) */
     /* this window's measures */
@@ -123,7 +132,7 @@ read_meminfo(int fd, uint32_t mem[SK_MEMINFO_VARS])
 }
 static long long filter_dropped(Shedder *s);
 static void filter_update(Shedder *s);
-static void estimate_arrivals(Shedder *s);
+static void estimate_arrivals(Shedder *s, long long overflow);
 
 /* The largest share T with sum over prefixes of min(count, T) <= capacity, from the window's
  * histogram of counts (the water level of max-min fairness); SHED_NONE when all fit whole.
@@ -176,12 +185,12 @@ shed_tick(Shedder *s, uint32_t now)
     if (!whole)
         s->share = SHED_NONE;
     else {
-        estimate_arrivals(s);
+        estimate_arrivals(s, overflow);
         /* the fill aimed at: lower after a window the queue overflowed although it had a share
          * (before there was one, as a flood begins, it overflows whatever the fill), a little
          * higher after one it did not (a few datagrams of difference are the two counters read
          * a moment apart) */
-        if (overflow > SHED_OVERFLOW_SLACK && s->share != SHED_NONE)
+        if (overflow > SHED_OVERFLOW_SLACK && s->shared_for >= SHED_SETTLE_WINDOWS)
             s->fill = s->fill > SHED_FILL_MIN + 10 ? s->fill - 10 : SHED_FILL_MIN;
         else if (overflow <= SHED_OVERFLOW_SLACK)
             s->fill = s->fill < SHED_FILL_MAX ? s->fill + 1 : SHED_FILL_MAX;
@@ -200,6 +209,7 @@ shed_tick(Shedder *s, uint32_t now)
         s->share = SHED_NONE;
         s->capacity = 0;
     }
+    s->shared_for = s->share == SHED_NONE ? 0 : s->shared_for + 1;
     if (whole || s->n_filtered > 0)
         filter_update(s); /* from the ending window's estimates; emptied when there is no share */
     s->window = now;
@@ -207,13 +217,16 @@ shed_tick(Shedder *s, uint32_t now)
     s->busy_ns = 0;
 }
 
-/* What a prefix may ask before it is shed: its share and a quarter.  A client asking about
- * its share is not made to pay for the noise in its own count or in the measured capacity;
- * a busy prefix (a flood's, asking several times its share) is held to the share itself. */
-static inline uint32_t
-over_share(uint32_t share)
+/* What a prefix may ask in a window before user space sheds it: its share and a quarter, so
+ * that a client asking about its share does not pay for the noise in its own count or in the
+ * measured capacity.  Where the kernel filter holds the busy prefixes to their share, user
+ * space only catches one the filter does not thin yet, over the filter's own threshold. */
+static inline uint64_t
+over_share(const Shedder *s)
 {
-    return share == SHED_NONE ? SHED_NONE : share + share / 4;
+    if (s->share == SHED_NONE)
+        return UINT64_MAX;
+    return s->map_fd >= 0 ? (uint64_t)SHED_HEAVY * s->share : (uint64_t)s->share + s->share / 4;
 }
 
 static uint64_t
@@ -284,7 +297,7 @@ shed_admit(Shedder *s, const unsigned char *addr, int alen, int behind, long lon
     if (slot == NULL)
         return 1; /* the table is full along this prefix's probes: not counted */
     slot->count++;
-    if (behind && slot->count > over_share(s->share)) {
+    if (behind && slot->count > over_share(s)) {
         s->shed++;
         return 0;
     }
@@ -409,10 +422,23 @@ compare_filtered(const void *a, const void *b)
 }
 
 /* At the end of a window counted whole, each prefix's count becomes what it asked, estimated:
- * scaled up by what the kernel filter let through of it; and the histogram is made of them. */
+ * scaled up by what the full queue let through (its overflow struck every prefix alike) and
+ * by what the kernel filter let through of it; and the histogram is made of them.  Without
+ * the first, an overflowing queue makes every prefix look smaller than it is, the filter lets
+ * more of them through, and the queue overflows more. */
 static void
-estimate_arrivals(Shedder *s)
+estimate_arrivals(Shedder *s, long long overflow)
 {
+    if (overflow > SHED_OVERFLOW_SLACK && s->processed > 0) {
+        double scale = (double)(s->processed + overflow) / (double)s->processed;
+        for (size_t i = 0; i < SHED_SLOTS; i++) {
+            struct shed_slot *t = &s->table[i];
+            if (t->window == s->window) {
+                double estimate = t->count * scale;
+                t->count = estimate >= UINT32_MAX ? UINT32_MAX : (uint32_t)estimate;
+            }
+        }
+    }
     for (int i = 0; i < s->n_filtered; i++) {
         struct shed_slot *slot = find_slot(s, ((uint64_t)1 << 63) | ntohl(s->filtered[i].key), 0);
         if (slot != NULL && s->filtered[i].keep > 0) {
@@ -443,9 +469,14 @@ filter_update(Shedder *s)
     if (s->share != SHED_NONE)
         for (size_t i = 0; i < SHED_SLOTS && n < SHED_FILTER_MAX; i++) {
             struct shed_slot *t = &s->table[i];
-            if (t->window != s->window || !(t->key >> 63) || t->count <= over_share(s->share))
+            if (t->window != s->window || !(t->key >> 63) || t->count <= s->share)
                 continue;
             s->next[n].key = htonl((uint32_t)t->key);
+            /* a prefix enters the filter asking over SHED_HEAVY shares, and leaves it asking
+             * its share or less: the counts' noise does not take a busy prefix in and out */
+            if (t->count <= (uint64_t)SHED_HEAVY * s->share &&
+                bsearch(&s->next[n], s->filtered, (size_t)s->n_filtered, sizeof s->filtered[0], compare_filtered) == NULL)
+                continue;
             s->next[n].keep = (uint32_t)(((uint64_t)s->share << 32) / t->count);
             n++;
         }

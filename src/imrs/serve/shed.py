@@ -3,7 +3,7 @@
 When a flood outruns a worker, its UDP socket's receive queue fills and the kernel drops
 what arrives next, whoever sent it: a real client loses the same fraction of its queries as
 the flood.  (NSD and Knot leave it at that: under the junk flood of tests/test_flood.py NSD
-answers 30-45 % of a modest client's queries.)  imrs gives each client prefix (the RRL prefix
+answers 25-50 % of a modest client's queries.)  imrs gives each client prefix (the RRL prefix
 lengths, /24 and /56 by default) an equal share of what the worker can answer, and a prefix
 that asks less than its share is answered in full: max-min fairness.  Only a worker that is
 behind its socket sheds (its queue long, and the kernel dropping datagrams for a full queue),
@@ -14,14 +14,18 @@ The work is csrc/fastpath/shed.c (``Shedder``, one per UDP socket, used by the C
 
 - it counts queries per prefix in windows of 100 ms and measures how many the worker reads
   and answers in a window (over the time it was busy); at each window's end the share is the
-  water level of the counts that fits a fraction of that (lowered after a window in which the
-  queue still overflowed);
+  water level of the counts (scaled up by what an overflowing queue and the filter let
+  through) that fits a fraction of that (lowered after a window in which the queue still
+  overflowed);
 - on an IPv4 socket, where the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket
   filter drops a busy prefix's datagrams before they are queued, keeping each with the
   probability share / its rate: reading a datagram only to drop it would still cost about a
-  third of answering it;
-- in user space, while behind, a query from a prefix already over its share in this window
-  is dropped unanswered (IPv6, or when the kernel refuses the filter).
+  third of answering it.  A prefix is busy once it asks over twice its share, and stays so
+  until it asks its share or less, so that a client near its share is not thinned for the
+  noise in the counts;
+- in user space, while behind, a query from a prefix already over its share and a quarter
+  in this window is dropped unanswered (IPv6, or when the kernel refuses the filter; with
+  the filter, over twice its share).
 
 ``[rrl] shed = false`` turns it off.  The pure-Python loops (without the C extension) do not
 shed.  What it does shows in the metrics: queries shed in user space, datagrams the filter
