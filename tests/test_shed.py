@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import struct
 import time
 
 import pytest
@@ -288,6 +289,73 @@ def test_an_overflowing_queue_does_not_make_the_prefixes_look_smaller():
     assert s.fill == 80
     assert s.share == _max_min_share([int(c * scale) for c in counts.values()], 800 * s.fill // 100)
     assert s.share != _max_min_share(list(counts.values()), 800 * s.fill // 100)
+
+
+def _filtered_busy_prefix(server: socket.socket):
+    """A Shedder on `server` whose filter thins 127.9.0.7's prefix (it asked 1000 in a window
+    that could take 300); the share set at 200 ms."""
+    s = _filter_or_skip(server)
+    busy, quiet = socket.inet_aton("127.9.0.7"), socket.inet_aton("127.10.0.7")
+    counts = {busy: 1000, quiet: 50}
+    _window(s, 0, counts)
+    _window(s, 100, counts, capacity=300)
+    s.admit(quiet, False, 200)
+    assert s.share is not None and s.filtered_prefixes == 1
+    return s
+
+
+def test_a_window_too_quiet_to_measure_keeps_the_share_and_the_filter():
+    """The filter holding a flood back can leave a window with too little read to measure:
+    the share and the filter stay (emptying it would let the whole flood in)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    s = _filtered_busy_prefix(server)
+    share = s.share
+    _window(s, 200, {socket.inet_aton("127.10.0.7"): 5}, behind=False, capacity=5)
+    s.admit(socket.inet_aton("127.10.0.7"), False, 300)
+    assert s.share == share and s.filtered_prefixes == 1
+    server.close()
+
+
+def _meminfo(sock: socket.socket) -> tuple[int, int]:
+    """The receive queue's size and its limit, in octets (SO_MEMINFO)."""
+    alloc, rcvbuf = struct.unpack("2I", sock.getsockopt(socket.SOL_SOCKET, 55, 36)[:8])
+    return alloc, rcvbuf
+
+
+def test_a_queue_over_half_full_halves_what_the_filter_keeps():
+    """Between two windows' ends, a queue filling past half (the worker got less of the CPU
+    than its share was set for) tightens the filter at once, at most once in 10 ms."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
+    server.bind(("127.0.0.1", 0))
+    s = _filtered_busy_prefix(server)
+    kept = s.share / 1000
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.10.0.7", 0))
+    for _ in range(5000):  # the queue past half full
+        if _meminfo(server)[0] * 2 > _meminfo(server)[1]:
+            break
+        quiet.sendto(b"x" * 1000, server.getsockname())
+    assert _meminfo(server)[0] * 2 > _meminfo(server)[1]
+    assert s.behind(server, 210) and s.brakes == 1
+    assert s.behind(server, 215) and s.brakes == 1  # not again within 10 ms
+    server.setblocking(False)
+    try:
+        while server.recv(2048):
+            pass
+    except BlockingIOError:
+        pass
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.9.0.7", 0))
+    for _ in range(4000):
+        busy.sendto(b"x" * 40, server.getsockname())
+    got = _count_from(server, 0.5).get("127.9.0.7", 0)
+    for sock in (server, quiet, busy):
+        sock.close()
+    expected = 4000 * kept / 2
+    sd = (4000 * kept / 2 * (1 - kept / 2)) ** 0.5
+    assert abs(got - expected) < 5 * sd + 5, (got, expected, kept)
 
 
 def test_the_filter_goes_once_shedding_stops():

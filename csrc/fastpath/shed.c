@@ -33,7 +33,11 @@
  *   - In user space, while the worker is behind, a datagram from a prefix already over its
  *     share and a quarter in this window (over_share) is dropped unanswered (IPv6, or no
  *     kernel filter; with one, over twice its share: one the filter does not thin yet).
- * Shedding stops 20 windows after the share was last needed.  A server that keeps up never
+ * Between two windows' ends, a queue filling past half although the filter holds the busy
+ * prefixes to their share means the worker is getting less of the CPU than the share was set
+ * for: the filter's keep probabilities are halved at once (filter_brake), before the queue
+ * overflows.  A window with too little read to measure keeps the share and the filter as they
+ * were.  Shedding stops 20 windows after the share was last needed.  A server that keeps up never
  * sheds a query.  Memory is fixed: SHED_SLOTS prefixes are counted per window (one that finds
  * no slot is never shed) and SHED_FILTER_MAX filtered.  udp_drain calls shed_behind once per
  * full batch, shed_admit per datagram and shed_busy once per call.
@@ -69,6 +73,7 @@
 #define SHED_OVERFLOW_SLACK 16 /* datagrams of a window's overflow count taken for noise */
 #define SHED_MIN_PROCESSED 256 /* datagrams a window must read to measure (fewer: no flood is on) */
 #define SHED_FILTER_MAX 2048   /* IPv4 prefixes the kernel filter can thin out */
+#define SHED_BRAKE_MS 10       /* the filter is tightened at most once in this many ms */
 
 struct shed_filtered {
     uint32_t key;  /* the prefix, as the packet has it (network order), the map's key */
@@ -106,6 +111,8 @@ struct Shedder {
     long long overflow;       /* datagrams the kernel dropped for a full queue, while counting */
     long long windows_behind; /* windows in which the worker was behind at least once */
     long long filter_updates; /* times the kernel filter's map was rewritten */
+    long long brakes;         /* times it was tightened between windows (filter_brake) */
+    long long brake_after_ms; /* not again before this time */
     /* the kernel filter */
     int map_fd;               /* its map of prefixes to keep thresholds (-1: no kernel filter) */
     int count_fd;             /* its counter of datagrams dropped */
@@ -132,6 +139,7 @@ read_meminfo(int fd, uint32_t mem[SK_MEMINFO_VARS])
 }
 static long long filter_dropped(Shedder *s);
 static void filter_update(Shedder *s);
+static void filter_brake(Shedder *s, long long now_ms);
 static void estimate_arrivals(Shedder *s, long long overflow);
 
 /* The largest share T with sum over prefixes of min(count, T) <= capacity, from the window's
@@ -170,6 +178,7 @@ shed_tick(Shedder *s, uint32_t now)
     if (now == s->window)
         return;
     int whole = s->armed_from != 0 && s->armed_from < s->window && now == s->window + 1;
+    int stays = 0; /* the share is kept as it was (too little read to measure) */
     /* what the kernel dropped for a full queue in the ending window, its drops less the
      * filter's: read while counting only (a calm socket costs no system call here) */
     long long overflow = 0;
@@ -199,9 +208,13 @@ shed_tick(Shedder *s, uint32_t now)
             s->capacity = s->capacity > 0 ? (3 * s->capacity + capacity) / 4 : capacity;
             s->share = water_level(s->hist, s->top_sum, (long long)(s->capacity * s->fill / 100));
         }
-        else
-            s->share = SHED_NONE; /* so little read that no flood is on */
-        if (s->share != SHED_NONE)
+        else if (s->share != SHED_NONE)
+            /* So little read with a share set: the filter holding the flood back (or the flood
+             * pausing) leaves too little to measure.  The share stays; shedding stops when the
+             * worker has not been behind for SHED_ARMED_WINDOWS (emptying the filter at once
+             * would let the whole flood in for the next window, the queue overflowing). */
+            stays = 1;
+        if (s->share != SHED_NONE && !stays)
             s->armed_until = now + SHED_ARMED_WINDOWS; /* still shedding: still counting */
     }
     if (s->armed_from != 0 && now > s->armed_until) {
@@ -210,7 +223,7 @@ shed_tick(Shedder *s, uint32_t now)
         s->capacity = 0;
     }
     s->shared_for = s->share == SHED_NONE ? 0 : s->shared_for + 1;
-    if (whole || s->n_filtered > 0)
+    if (!stays && (whole || s->n_filtered > 0))
         filter_update(s); /* from the ending window's estimates; emptied when there is no share */
     s->window = now;
     s->processed = 0;
@@ -503,6 +516,31 @@ filter_update(Shedder *s)
     s->filter_updates++;
 }
 
+/* The queue is over half full although the filter holds the busy prefixes to their share:
+ * the worker is getting less of the CPU than the share was set for (another process took
+ * it), and the window's end would come too late, the queue overflowing and the kernel
+ * dropping at random, the real clients' queries too.  So what the filter keeps of each busy
+ * prefix is halved now, and again after SHED_BRAKE_MS while the queue stays that full.  (The
+ * window's counts then look a little larger than they were: the next share errs low.) */
+static void
+filter_brake(Shedder *s, long long now_ms)
+{
+    if (s->map_fd < 0 || s->n_filtered == 0 || s->share == SHED_NONE || now_ms < s->brake_after_ms)
+        return;
+    s->brake_after_ms = now_ms + SHED_BRAKE_MS;
+    union bpf_attr attr;
+    for (int i = 0; i < s->n_filtered; i++) {
+        s->filtered[i].keep /= 2;
+        memset(&attr, 0, sizeof attr);
+        attr.map_fd = (uint32_t)s->map_fd;
+        attr.key = (uint64_t)(uintptr_t)&s->filtered[i].key;
+        attr.value = (uint64_t)(uintptr_t)&s->filtered[i].keep;
+        attr.flags = BPF_ANY;
+        bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
+    }
+    s->brakes++;
+}
+
 void
 shed_busy(Shedder *s, long long ns, long long datagrams)
 {
@@ -544,6 +582,8 @@ shed_behind(Shedder *s, int fd, long long now_ms)
     if ((uint64_t)mem[SK_MEMINFO_RMEM_ALLOC] * 8 < mem[SK_MEMINFO_RCVBUF] || (s->armed_from == 0 && !dropped))
         return 0;
     shed_mark_behind(s, now_ms);
+    if ((uint64_t)mem[SK_MEMINFO_RMEM_ALLOC] * 2 > mem[SK_MEMINFO_RCVBUF])
+        filter_brake(s, now_ms);
     return 1;
 }
 
@@ -638,12 +678,16 @@ shedder_busy_method(Shedder *s, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-shedder_behind_method(Shedder *s, PyObject *arg)
+shedder_behind_method(Shedder *s, PyObject *args)
 {
-    int fd = PyObject_AsFileDescriptor(arg);
+    PyObject *sock;
+    long long now_ms = -1;
+    if (!PyArg_ParseTuple(args, "O|L", &sock, &now_ms))
+        return NULL;
+    int fd = PyObject_AsFileDescriptor(sock);
     if (fd < 0)
         return NULL;
-    return PyBool_FromLong(shed_behind(s, fd, shed_now_ms()));
+    return PyBool_FromLong(shed_behind(s, fd, now_ms < 0 ? shed_now_ms() : now_ms));
 }
 
 static PyMethodDef shedder_methods[] = {
@@ -654,8 +698,9 @@ static PyMethodDef shedder_methods[] = {
     {"busy", (PyCFunction)(void (*)(void))shedder_busy_method, METH_FASTCALL,
      "busy(ns, datagrams): the worker read and answered this many datagrams in ns nanoseconds\n"
      "(what udp_drain reports of each call)"},
-    {"behind", (PyCFunction)shedder_behind_method, METH_O,
-     "behind(fd) -> bool: whether the socket's receive queue is over an eighth of its buffer"},
+    {"behind", (PyCFunction)shedder_behind_method, METH_VARARGS,
+     "behind(fd, now_ms=the monotonic clock) -> bool: whether the socket's receive queue is over an\n"
+     "eighth of its buffer (over half: the kernel filter is tightened, filter_brake)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -667,6 +712,8 @@ static PyMemberDef shedder_members[] = {
      "windows (of 100 ms) in which the worker was behind its socket at least once"},
     {"filter_updates", T_LONGLONG, offsetof(Shedder, filter_updates), READONLY,
      "times the kernel filter's map was rewritten"},
+    {"brakes", T_LONGLONG, offsetof(Shedder, brakes), READONLY,
+     "times the kernel filter was tightened between windows, its socket's queue over half full"},
     {"filtered_prefixes", T_INT, offsetof(Shedder, n_filtered), READONLY, "IPv4 prefixes the kernel filter thins out now"},
     {"fill", T_INT, offsetof(Shedder, fill), READONLY, "percent of the worker's capacity the shares are set to fill"},
     {"filter_errno", T_INT, offsetof(Shedder, filter_errno), READONLY,

@@ -25,7 +25,9 @@ The work is csrc/fastpath/shed.c (``Shedder``, one per UDP socket, used by the C
   noise in the counts;
 - in user space, while behind, a query from a prefix already over its share and a quarter
   in this window is dropped unanswered (IPv6, or when the kernel refuses the filter; with
-  the filter, over twice its share).
+  the filter, over twice its share);
+- a queue filling past half between two windows' ends (another process took the CPU) halves
+  what the filter keeps at once, before the queue overflows and the kernel drops at random.
 
 ``[rrl] shed = false`` turns it off.  The pure-Python loops (without the C extension) do not
 shed.  What it does shows in the metrics: queries shed in user space, datagrams the filter
