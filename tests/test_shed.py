@@ -85,6 +85,25 @@ def test_a_few_very_busy_prefixes_get_a_level_above_the_histogram():
     assert s.share == _max_min_share(list(counts.values()), 20_000 * s.fill // 100) > 4095
 
 
+def test_a_window_busy_throughout_bounds_the_capacity():
+    """Short bursts overstate what a worker keeps up when another process wants its core too:
+    what it read in a window it was busy throughout bounds the capacity the share is set from,
+    the bound creeping up by 2 % a window after it."""
+    s = Shedder(24, 56)
+    counts = {**{_v4(10, i): 10 for i in range(10)}, **{_v4(11, i): 200 for i in range(10)}}
+    first = _v4(10, 0)
+    _window(s, 0, counts)
+    _window(s, 100, counts, capacity=1000)  # busy throughout: 1,000 read
+    s.admit(first, True, 200)
+    assert s.share == _max_min_share(list(counts.values()), 1000 * s.fill // 100)
+    _window(s, 200, counts)
+    s.busy(WINDOW_NS // 5, 1000)  # the same 1,000 read in bursts of 20 ms in all: 5,000 a window
+    s.admit(first, True, 300)
+    # the capacity measured is (3 * 1000 + 5000) / 4 = 2000; the bound 1000 * 1.02
+    assert s.share == _max_min_share(list(counts.values()), int(1020 * s.fill / 100))
+    assert s.share != _max_min_share(list(counts.values()), 2000 * s.fill // 100)
+
+
 def test_a_light_prefix_keeps_every_query_and_busy_ones_their_share():
     s = Shedder(24, 56)
     heavy = {_v4(10, i): 60 for i in range(20)}

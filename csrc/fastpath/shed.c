@@ -16,7 +16,8 @@
  * a long queue alone can be one client with many queries in flight, which the worker keeps up
  * with).  At each window's end the share is set from that window's per-prefix counts and from
  * what the worker can read and answer in a window (measured: what it read over the time it
- * was busy), aiming at `fill` percent of it; `fill` drops by ten points after a window in which
+ * was busy, at most what it read in the last window it was busy throughout), aiming at `fill`
+ * percent of it; `fill` drops by ten points after a window in which
  * the queue still overflowed with a share set (once the first shares have had
  * SHED_SETTLE_WINDOWS windows to drain the queue the flood's start filled), and creeps back up
  * by one after each that did not.  The counts are what each prefix asked, estimated: scaled up
@@ -100,6 +101,7 @@ struct Shedder {
     uint32_t shared_for;      /* windows the share has been set in a row */
     int fill;                 /* percent of its capacity the shares are set to fill */
     double capacity;          /* datagrams the worker can read and answer in a window (smoothed) */
+    double sustained;         /* ... what it did in one it was busy throughout (0: none yet) */
     /* this window's measures */
     long long processed;      /* datagrams read, while counting */
     long long busy_ns;        /* the time spent reading and answering them */
@@ -206,7 +208,16 @@ shed_tick(Shedder *s, uint32_t now)
         if (s->processed >= SHED_MIN_PROCESSED && s->busy_ns > 0) {
             double capacity = (double)s->processed * SHED_WINDOW_MS * 1e6 / (double)s->busy_ns;
             s->capacity = s->capacity > 0 ? (3 * s->capacity + capacity) / 4 : capacity;
-            s->share = water_level(s->hist, s->top_sum, (long long)(s->capacity * s->fill / 100));
+            /* What a worker does in short bursts overstates what it can keep up when another
+             * process wants the core too (the scheduler favours the one that slept): a window
+             * it was busy throughout shows what it kept up, and bounds the capacity, the bound
+             * creeping up by 2 % a window after that. */
+            if (s->busy_ns >= (long long)SHED_WINDOW_MS * 900000)
+                s->sustained = s->sustained > 0 ? (s->sustained + s->processed) / 2 : (double)s->processed;
+            else if (s->sustained > 0)
+                s->sustained *= 1.02;
+            double usable = s->sustained > 0 && s->sustained < s->capacity ? s->sustained : s->capacity;
+            s->share = water_level(s->hist, s->top_sum, (long long)(usable * s->fill / 100));
         }
         else if (s->share != SHED_NONE)
             /* So little read with a share set: the filter holding the flood back (or the flood
@@ -221,6 +232,7 @@ shed_tick(Shedder *s, uint32_t now)
         s->armed_from = 0;
         s->share = SHED_NONE;
         s->capacity = 0;
+        s->sustained = 0;
     }
     s->shared_for = s->share == SHED_NONE ? 0 : s->shared_for + 1;
     if (!stays && (whole || s->n_filtered > 0))

@@ -13,7 +13,9 @@ so a server that keeps up never loses a query to it; a client with many queries 
 The work is csrc/fastpath/shed.c (``Shedder``, one per UDP socket, used by the C loop):
 
 - it counts queries per prefix in windows of 100 ms and measures how many the worker reads
-  and answers in a window (over the time it was busy); at each window's end the share is the
+  and answers in a window (over the time it was busy, at most what it did in the last window
+  it was busy throughout: bursts overstate it when another process wants the core); at each
+  window's end the share is the
   water level of the counts (scaled up by what an overflowing queue and the filter let
   through) that fits a fraction of that (lowered after a window in which the queue still
   overflowed);
