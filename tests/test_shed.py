@@ -323,17 +323,28 @@ def _filtered_busy_prefix(server: socket.socket):
     return s
 
 
-def test_a_window_too_quiet_to_measure_keeps_the_share_and_the_filter():
-    """The filter holding a flood back can leave a window with too little read to measure:
-    the share and the filter stay (emptying it would let the whole flood in)."""
+def test_a_window_too_quiet_to_measure_keeps_the_share_and_loosens_the_filter():
+    """The filter holding a flood back too hard (or the flood pausing) can leave a window with
+    too little read to measure: the share and the filter stay (emptying it would let the whole
+    flood in), the filter keeping twice as much of the busy prefix."""
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     server.bind(("127.0.0.1", 0))
     s = _filtered_busy_prefix(server)
     share = s.share
     _window(s, 200, {socket.inet_aton("127.10.0.7"): 5}, behind=False, capacity=5)
     s.admit(socket.inet_aton("127.10.0.7"), False, 300)
     assert s.share == share and s.filtered_prefixes == 1
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.9.0.7", 0))
+    for _ in range(4000):
+        busy.sendto(b"x" * 40, server.getsockname())
+    got = _count_from(server, 0.5).get("127.9.0.7", 0)
+    busy.close()
     server.close()
+    kept = 2 * share / 1000  # it asked 1000 in a window, its share `share`: doubled
+    sd = (4000 * kept * (1 - kept)) ** 0.5
+    assert abs(got - 4000 * kept) < 5 * sd + 5, (got, kept)
 
 
 def _meminfo(sock: socket.socket) -> tuple[int, int]:

@@ -37,8 +37,9 @@
  * Between two windows' ends, a queue filling past half although the filter holds the busy
  * prefixes to their share means the worker is getting less of the CPU than the share was set
  * for: the filter's keep probabilities are halved at once (filter_brake), before the queue
- * overflows.  A window with too little read to measure keeps the share and the filter as they
- * were.  Shedding stops 20 windows after the share was last needed.  A server that keeps up never
+ * overflows.  A window with too little read to measure keeps the share, and the filter keeps
+ * twice as much of each busy prefix after it (its estimates, made in a burst, were too high).
+ * Shedding stops 20 windows after the share was last needed.  A server that keeps up never
  * sheds a query.  Memory is fixed: SHED_SLOTS prefixes are counted per window (one that finds
  * no slot is never shed) and SHED_FILTER_MAX filtered.  udp_drain calls shed_behind once per
  * full batch, shed_admit per datagram and shed_busy once per call.
@@ -142,6 +143,7 @@ read_meminfo(int fd, uint32_t mem[SK_MEMINFO_VARS])
 static long long filter_dropped(Shedder *s);
 static void filter_update(Shedder *s);
 static void filter_brake(Shedder *s, long long now_ms);
+static void filter_rescale(Shedder *s, int up);
 static void estimate_arrivals(Shedder *s, long long overflow);
 
 /* The largest share T with sum over prefixes of min(count, T) <= capacity, from the window's
@@ -219,12 +221,16 @@ shed_tick(Shedder *s, uint32_t now)
             double usable = s->sustained > 0 && s->sustained < s->capacity ? s->sustained : s->capacity;
             s->share = water_level(s->hist, s->top_sum, (long long)(usable * s->fill / 100));
         }
-        else if (s->share != SHED_NONE)
-            /* So little read with a share set: the filter holding the flood back (or the flood
-             * pausing) leaves too little to measure.  The share stays; shedding stops when the
-             * worker has not been behind for SHED_ARMED_WINDOWS (emptying the filter at once
-             * would let the whole flood in for the next window, the queue overflowing). */
+        else if (s->share != SHED_NONE) {
+            /* So little read with a share set: the filter holding the flood back too hard (its
+             * estimates made in a burst), or the flood pausing, leaves too little to measure.
+             * The share stays, and the filter keeps twice as much of each prefix, until there
+             * is enough to measure again; shedding stops when the worker has not been behind
+             * for SHED_ARMED_WINDOWS (emptying the filter at once would let the whole flood in
+             * for the next window, the queue overflowing). */
             stays = 1;
+            filter_rescale(s, 1);
+        }
         if (s->share != SHED_NONE && !stays)
             s->armed_until = now + SHED_ARMED_WINDOWS; /* still shedding: still counting */
     }
@@ -540,9 +546,18 @@ filter_brake(Shedder *s, long long now_ms)
     if (s->map_fd < 0 || s->n_filtered == 0 || s->share == SHED_NONE || now_ms < s->brake_after_ms)
         return;
     s->brake_after_ms = now_ms + SHED_BRAKE_MS;
+    filter_rescale(s, 0);
+    s->brakes++;
+}
+
+/* What the filter keeps of each prefix, doubled (up) or halved. */
+static void
+filter_rescale(Shedder *s, int up)
+{
     union bpf_attr attr;
     for (int i = 0; i < s->n_filtered; i++) {
-        s->filtered[i].keep /= 2;
+        uint32_t keep = s->filtered[i].keep;
+        s->filtered[i].keep = !up ? keep / 2 : keep >= UINT32_MAX / 2 ? UINT32_MAX : keep * 2;
         memset(&attr, 0, sizeof attr);
         attr.map_fd = (uint32_t)s->map_fd;
         attr.key = (uint64_t)(uintptr_t)&s->filtered[i].key;
@@ -550,7 +565,6 @@ filter_brake(Shedder *s, long long now_ms)
         attr.flags = BPF_ANY;
         bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
     }
-    s->brakes++;
 }
 
 void
