@@ -489,6 +489,19 @@ estimate_arrivals(Shedder *s, long long overflow)
     }
 }
 
+/* The map's entry for one prefix, written. */
+static void
+filter_put(Shedder *s, const struct shed_filtered *entry)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_fd = (uint32_t)s->map_fd;
+    attr.key = (uint64_t)(uintptr_t)&entry->key;
+    attr.value = (uint64_t)(uintptr_t)&entry->keep;
+    attr.flags = BPF_ANY;
+    bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
+}
+
 /* At the end of a window: the map gets each IPv4 prefix whose estimated count is over the
  * new share, with the probability that thins it to the share (none without a share). */
 static void
@@ -512,15 +525,9 @@ filter_update(Shedder *s)
             n++;
         }
     qsort(s->next, (size_t)n, sizeof s->next[0], compare_filtered);
+    for (int i = 0; i < n; i++)
+        filter_put(s, &s->next[i]);
     union bpf_attr attr;
-    for (int i = 0; i < n; i++) {
-        memset(&attr, 0, sizeof attr);
-        attr.map_fd = (uint32_t)s->map_fd;
-        attr.key = (uint64_t)(uintptr_t)&s->next[i].key;
-        attr.value = (uint64_t)(uintptr_t)&s->next[i].keep;
-        attr.flags = BPF_ANY;
-        bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
-    }
     for (int i = 0; i < s->n_filtered; i++) {
         if (bsearch(&s->filtered[i], s->next, (size_t)n, sizeof s->next[0], compare_filtered) != NULL)
             continue;
@@ -554,16 +561,10 @@ filter_brake(Shedder *s, long long now_ms)
 static void
 filter_rescale(Shedder *s, int up)
 {
-    union bpf_attr attr;
     for (int i = 0; i < s->n_filtered; i++) {
         uint32_t keep = s->filtered[i].keep;
         s->filtered[i].keep = !up ? keep / 2 : keep >= UINT32_MAX / 2 ? UINT32_MAX : keep * 2;
-        memset(&attr, 0, sizeof attr);
-        attr.map_fd = (uint32_t)s->map_fd;
-        attr.key = (uint64_t)(uintptr_t)&s->filtered[i].key;
-        attr.value = (uint64_t)(uintptr_t)&s->filtered[i].keep;
-        attr.flags = BPF_ANY;
-        bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
+        filter_put(s, &s->filtered[i]);
     }
 }
 
