@@ -17,10 +17,9 @@
  * with).  At each window's end the share is set from that window's per-prefix counts and from
  * what the worker can read and answer in a window (measured: what it read over the time it
  * was busy, at most what it read in the last window it was busy throughout), aiming at `fill`
- * percent of it; `fill` drops by ten points after a window in which
- * the queue still overflowed with a share set (once the first shares have had
- * SHED_SETTLE_WINDOWS windows to drain the queue the flood's start filled), and creeps back up
- * by one after each that did not.  The counts are what each prefix asked, estimated: scaled up
+ * percent of it; `fill` drops by ten points after a window in which the queue still
+ * overflowed with a share set (once the first shares have had SHED_SETTLE_WINDOWS windows to
+ * drain the queue the flood's start filled), and creeps back up by one after each that did not.  The counts are what each prefix asked, estimated: scaled up
  * by what an overflowing queue and the kernel filter let through.
  *   - On an IPv4 socket, where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket
  *     filter drops a busy prefix's datagrams before they are queued, keeping each with the

@@ -15,10 +15,9 @@ The work is csrc/fastpath/shed.c (``Shedder``, one per UDP socket, used by the C
 - it counts queries per prefix in windows of 100 ms and measures how many the worker reads
   and answers in a window (over the time it was busy, at most what it did in the last window
   it was busy throughout: bursts overstate it when another process wants the core); at each
-  window's end the share is the
-  water level of the counts (scaled up by what an overflowing queue and the filter let
-  through) that fits a fraction of that (lowered after a window in which the queue still
-  overflowed);
+  window's end the share is the water level of the counts (scaled up by what an overflowing
+  queue and the filter let through) that fits a fraction of that (lowered after a window in
+  which the queue still overflowed);
 - on an IPv4 socket, where the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket
   filter drops a busy prefix's datagrams before they are queued, keeping each with the
   probability share / its rate: reading a datagram only to drop it would still cost about a
