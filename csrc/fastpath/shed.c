@@ -14,30 +14,39 @@
  * How: time is cut into windows of SHED_WINDOW_MS.  Counting starts once the worker is behind
  * (its receive queue over an eighth full, and the kernel dropping datagrams for a full queue:
  * a long queue alone can be one client with many queries in flight, which the worker keeps up
- * with).  At each window's end the share is set from that window's per-prefix counts and from
- * what the worker can read and answer in a window (measured: what it read over the time it
- * was busy, at most what it read in the last window it was busy throughout), aiming at `fill`
- * percent of it; `fill` drops by ten points after a window in which the queue still
- * overflowed with a share set (once the first shares have had SHED_SETTLE_WINDOWS windows to
- * drain the queue the flood's start filled), and creeps back up by one after each that did not.  The counts are what each prefix asked, estimated: scaled up
- * by what an overflowing queue and the kernel filter let through.
+ * with).  At each window's end the share is set from the prefixes' averages and from what the
+ * worker can read and answer in a window (measured: what it read over the time it was busy,
+ * at most what it read in the last window it was busy throughout), aiming at `fill` percent
+ * of it; `fill` drops by ten points after a window in which the queue still overflowed with a
+ * share set (once the first shares have had SHED_SETTLE_WINDOWS windows to drain the queue
+ * the flood's start filled), and creeps back up by one after each that did not.  A prefix's
+ * count in a window is what it asked, estimated: scaled up by what an overflowing queue and
+ * the kernel filter let through; its average is the mean of that and its average at the end
+ * of the window before (a prefix new in the window: its estimate).  A resolver's queries come
+ * in bursts, and a few datagrams read of a thinned prefix, scaled up, are a noisy estimate:
+ * one window's count alone took real clients in and out of the filter.
  *   - On an IPv4 socket, where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket
  *     filter drops a busy prefix's datagrams before they are queued, keeping each with the
- *     probability share / (its count), so the worker reads about its share and no more:
+ *     probability share / (its average), so the worker reads about its share and no more:
  *     reading a datagram only to drop it costs about a third of answering it, and a flood can
- *     outrun even that.  A prefix is busy when it asks more than twice its share (SHED_HEAVY),
- *     and stays so until it asks its share or less: a client asking about its share is not
- *     made to pay for the noise in the counts and in the measured capacity (the share moves
- *     with them), and a flooding prefix whose count dips under twice the share for a window
- *     is not let through whole in the next.
+ *     outrun even that.  A prefix is busy when its average is over twice its share
+ *     (SHED_HEAVY), and stays so until it is at its share or less: a client asking about its
+ *     share is not made to pay for the noise in the counts and in the measured capacity (the
+ *     share moves with them), and a flooding prefix that dips under twice the share for a
+ *     window is not let through whole in the next.  When the prefixes between the share and
+ *     twice it would not fit whole in the capacity the `fill` keeps in reserve (a flood whose
+ *     every prefix asks a little over its share), the busiest of them are busy too
+ *     (filter_entry).
  *   - In user space, while the worker is behind, a datagram from a prefix already over its
  *     share and a quarter in this window (over_share) is dropped unanswered (IPv6, or no
- *     kernel filter; with one, over twice its share: one the filter does not thin yet).
+ *     kernel filter; with one, over twice its share: one the filter does not thin yet); a
+ *     prefix whose average was within its share may burst to SHED_BURST shares.
  * Between two windows' ends, a queue filling past half although the filter holds the busy
  * prefixes to their share means the worker is getting less of the CPU than the share was set
  * for: the filter's keep probabilities are halved at once (filter_brake), before the queue
- * overflows.  A window with too little read to measure keeps the share, and the filter keeps
- * twice as much of each busy prefix after it (its estimates, made in a burst, were too high).
+ * overflows, and again while it grows.  A window with too little read to measure keeps the
+ * share, and the filter keeps twice as much of each busy prefix after it (its estimates, made
+ * in a burst, were too high).
  * Shedding stops 20 windows after the share was last needed.  A server that keeps up never
  * sheds a query.  Memory is fixed: SHED_SLOTS prefixes are counted per window (one that finds
  * no slot is never shed) and SHED_FILTER_MAX filtered.  udp_drain calls shed_behind once per
@@ -66,6 +75,8 @@
 #define SHED_WINDOW_MS 100     /* the counting window */
 #define SHED_ARMED_WINDOWS 20  /* windows counted after the worker was last behind or shedding */
 #define SHED_NONE UINT32_MAX   /* no share: nothing shed */
+#define SHED_NEW UINT32_MAX    /* a prefix not counted in the window before */
+#define SHED_BURST 4           /* user space sheds a prefix whose average is within its share past this many shares */
 #define SHED_FILL_MIN 50       /* percent of the worker's capacity the shares may be set to fill, */
 #define SHED_FILL_MAX 90       /* ... at most, */
 #define SHED_FILL_START 80     /* ... at first */
@@ -84,7 +95,15 @@ struct shed_filtered {
 struct shed_slot {
     uint64_t key;    /* family and prefix */
     uint32_t window; /* the window its count is of */
-    uint32_t count;  /* queries from the prefix in that window */
+    uint32_t count;  /* queries from the prefix in that window; at its end, what it asked,
+                        estimated (estimate_arrivals), then smoothed with prev (its average) */
+    uint32_t prev;   /* the prefix's average at the end of the window before (SHED_NEW: none) */
+};
+
+struct shed_average {
+    uint64_t key;    /* family and prefix */
+    uint32_t window; /* the window it is of */
+    uint32_t avg;    /* the prefix's smoothed count at that window's end */
 };
 
 struct Shedder {
@@ -102,6 +121,7 @@ struct Shedder {
     int fill;                 /* percent of its capacity the shares are set to fill */
     double capacity;          /* datagrams the worker can read and answer in a window (smoothed) */
     double sustained;         /* ... what it did in one it was busy throughout (0: none yet) */
+    long long usable;         /* the capacity the share was last set from (fill percent of it) */
     /* this window's measures */
     long long processed;      /* datagrams read, while counting */
     long long busy_ns;        /* the time spent reading and answering them */
@@ -115,6 +135,7 @@ struct Shedder {
     long long filter_updates; /* times the kernel filter's map was rewritten */
     long long brakes;         /* times it was tightened between windows (filter_brake) */
     long long brake_after_ms; /* not again before this time */
+    uint32_t brake_queue;     /* ... nor before the queue is longer than it was then (0: below half) */
     /* the kernel filter */
     int map_fd;               /* its map of prefixes to keep thresholds (-1: no kernel filter) */
     int count_fd;             /* its counter of datagrams dropped */
@@ -125,6 +146,8 @@ struct Shedder {
     uint32_t hist[SHED_BINS];  /* prefixes by their count in the window (made at its end) */
     long long top_sum;         /* the queries of those in its last bin */
     struct shed_slot table[SHED_SLOTS];
+    struct shed_average last[SHED_SLOTS]; /* the table's averages at the end of window last_window */
+    uint32_t last_window;
 };
 
 static uint32_t socket_drops(int fd);
@@ -141,7 +164,7 @@ read_meminfo(int fd, uint32_t mem[SK_MEMINFO_VARS])
 }
 static long long filter_dropped(Shedder *s);
 static void filter_update(Shedder *s);
-static void filter_brake(Shedder *s, long long now_ms);
+static void filter_brake(Shedder *s, long long now_ms, uint32_t queue, int full);
 static void filter_rescale(Shedder *s, int up);
 static void estimate_arrivals(Shedder *s, long long overflow);
 
@@ -218,6 +241,7 @@ shed_tick(Shedder *s, uint32_t now)
             else if (s->sustained > 0)
                 s->sustained *= 1.02;
             double usable = s->sustained > 0 && s->sustained < s->capacity ? s->sustained : s->capacity;
+            s->usable = (long long)usable;
             s->share = water_level(s->hist, s->top_sum, (long long)(usable * s->fill / 100));
         }
         else if (s->share != SHED_NONE) {
@@ -242,6 +266,11 @@ shed_tick(Shedder *s, uint32_t now)
     s->shared_for = s->share == SHED_NONE ? 0 : s->shared_for + 1;
     if (!stays && (whole || s->n_filtered > 0))
         filter_update(s); /* from the ending window's estimates; emptied when there is no share */
+    if (whole) { /* the next window's prefixes find their averages here */
+        for (size_t i = 0; i < SHED_SLOTS; i++)
+            s->last[i] = (struct shed_average){s->table[i].key, s->table[i].window, s->table[i].count};
+        s->last_window = s->window;
+    }
     s->window = now;
     s->processed = 0;
     s->busy_ns = 0;
@@ -250,12 +279,16 @@ shed_tick(Shedder *s, uint32_t now)
 /* What a prefix may ask in a window before user space sheds it: its share and a quarter, so
  * that a client asking about its share does not pay for the noise in its own count or in the
  * measured capacity.  Where the kernel filter holds the busy prefixes to their share, user
- * space only catches one the filter does not thin yet, over the filter's own threshold. */
+ * space only catches one the filter does not thin yet, over the filter's own threshold.  A
+ * prefix whose average was within its share may burst to SHED_BURST shares: a resolver's
+ * queries come in bursts, and an average within its share is not a flood. */
 static inline uint64_t
-over_share(const Shedder *s)
+over_share(const Shedder *s, const struct shed_slot *slot)
 {
     if (s->share == SHED_NONE)
         return UINT64_MAX;
+    if (slot->prev != SHED_NEW && slot->prev <= s->share)
+        return (uint64_t)SHED_BURST * s->share;
     return s->map_fd >= 0 ? (uint64_t)SHED_HEAVY * s->share : (uint64_t)s->share + s->share / 4;
 }
 
@@ -293,6 +326,23 @@ shed_now_ms(void)
     return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
+/* The prefix's smoothed estimate at the end of the window before this one (the table as it
+ * was then: its slots sit where they sit in this one's), SHED_NEW when it was not counted. */
+static uint32_t
+last_avg(const Shedder *s, uint64_t key, size_t at)
+{
+    if (s->last_window == 0 || s->last_window + 1 != s->window)
+        return SHED_NEW;
+    for (int i = 0; i < SHED_PROBES; i++) {
+        const struct shed_average *t = &s->last[(at + i) & (SHED_SLOTS - 1)];
+        if (t->window != s->last_window)
+            return SHED_NEW;
+        if (t->key == key)
+            return t->avg;
+    }
+    return SHED_NEW;
+}
+
 /* The prefix's slot in this window (taken for it when `take` and it has none), NULL when it
  * has none (or the table is full along its probes).  Within a window slots are only taken,
  * so the first slot of another window along the probes ends the search. */
@@ -311,6 +361,7 @@ find_slot(Shedder *s, uint64_t key, int take)
             t->window = s->window;
             t->key = key;
             t->count = 0;
+            t->prev = last_avg(s, key, at);
             return t;
         }
     }
@@ -327,7 +378,7 @@ shed_admit(Shedder *s, const unsigned char *addr, int alen, int behind, long lon
     if (slot == NULL)
         return 1; /* the table is full along this prefix's probes: not counted */
     slot->count++;
-    if (behind && slot->count > over_share(s)) {
+    if (behind && slot->count > over_share(s, slot)) {
         s->shed++;
         return 0;
     }
@@ -482,6 +533,11 @@ estimate_arrivals(Shedder *s, long long overflow)
         struct shed_slot *t = &s->table[i];
         if (t->window != s->window)
             continue;
+        /* smoothed over the windows before: a prefix's count in one window moves with its
+         * bursts and with the noise of the estimate (a few datagrams read of a thinned
+         * prefix, scaled up); a prefix new this window is taken at its word */
+        if (t->prev != SHED_NEW)
+            t->count = (uint32_t)(((uint64_t)t->prev + t->count) / 2);
         s->hist[t->count < SHED_BINS - 1 ? t->count : SHED_BINS - 1]++;
         if (t->count >= SHED_BINS - 1)
             s->top_sum += t->count;
@@ -501,23 +557,48 @@ filter_put(Shedder *s, const struct shed_filtered *entry)
     bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
 }
 
-/* At the end of a window: the map gets each IPv4 prefix whose estimated count is over the
- * new share, with the probability that thins it to the share (none without a share). */
+/* The average over which a prefix enters the filter: SHED_HEAVY shares, or less where the
+ * prefixes between the share and that would not fit whole in what the shares leave of the
+ * worker's capacity (the 100 - fill percent kept in reserve): a flood whose every prefix
+ * asks a little over its share must still be thinned, the busiest prefixes first. */
+static uint64_t
+filter_entry(const Shedder *s)
+{
+    uint64_t t = s->share, heavy = (uint64_t)SHED_HEAVY * t;
+    if (t + 1 >= SHED_BINS)
+        return heavy;
+    long long fitted = 0; /* what the shares let through: sum of min(avg, T) */
+    for (uint64_t a = 1; a < SHED_BINS; a++)
+        fitted += (long long)s->hist[a] * (long long)(a < t ? a : t);
+    long long room = s->usable - fitted, excess = 0;
+    for (uint64_t a = t + 1; a <= heavy && a < SHED_BINS - 1; a++) {
+        excess += (long long)s->hist[a] * (long long)(a - t);
+        if (excess > room)
+            return a - 1;
+    }
+    return heavy;
+}
+
+/* At the end of a window: the map gets each IPv4 prefix whose average is over the new share
+ * and over the entry bar (or was in the map already), with the probability that thins it to
+ * the share (none without a share). */
 static void
 filter_update(Shedder *s)
 {
     if (s->map_fd < 0 || (s->share == SHED_NONE && s->n_filtered == 0))
         return;
     int n = 0;
+    uint64_t entry = s->share == SHED_NONE ? 0 : filter_entry(s);
     if (s->share != SHED_NONE)
         for (size_t i = 0; i < SHED_SLOTS && n < SHED_FILTER_MAX; i++) {
             struct shed_slot *t = &s->table[i];
             if (t->window != s->window || !(t->key >> 63) || t->count <= s->share)
                 continue;
             s->next[n].key = htonl((uint32_t)t->key);
-            /* a prefix enters the filter asking over SHED_HEAVY shares, and leaves it asking
-             * its share or less: the counts' noise does not take a busy prefix in and out */
-            if (t->count <= (uint64_t)SHED_HEAVY * s->share &&
+            /* a prefix enters the filter asking over SHED_HEAVY shares (or the entry bar, when
+             * less), and leaves it asking its share or less: the counts' noise does not take a
+             * busy prefix in and out */
+            if (t->count <= entry &&
                 bsearch(&s->next[n], s->filtered, (size_t)s->n_filtered, sizeof s->filtered[0], compare_filtered) == NULL)
                 continue;
             s->next[n].keep = (uint32_t)(((uint64_t)s->share << 32) / t->count);
@@ -544,14 +625,19 @@ filter_update(Shedder *s)
  * the worker is getting less of the CPU than the share was set for (another process took
  * it), and the window's end would come too late, the queue overflowing and the kernel
  * dropping at random, the real clients' queries too.  So what the filter keeps of each busy
- * prefix is halved now, and again after SHED_BRAKE_MS while the queue stays that full.  (The
- * window's counts then look a little larger than they were: the next share errs low.) */
+ * prefix is halved now, and again after SHED_BRAKE_MS if the queue is longer still (`queue`,
+ * in octets) or nearly `full`.  A queue that long but draining needs no more: halving on
+ * every look while a deep queue drains thinned the flood to nothing, starving the worker in
+ * the next window and making each prefix's estimate (what was read over what was kept)
+ * swing.  (The window's counts look a little larger than they were: the next share errs low.) */
 static void
-filter_brake(Shedder *s, long long now_ms)
+filter_brake(Shedder *s, long long now_ms, uint32_t queue, int full)
 {
-    if (s->map_fd < 0 || s->n_filtered == 0 || s->share == SHED_NONE || now_ms < s->brake_after_ms)
+    if (s->map_fd < 0 || s->n_filtered == 0 || s->share == SHED_NONE || now_ms < s->brake_after_ms ||
+        (queue <= s->brake_queue && !full))
         return;
     s->brake_after_ms = now_ms + SHED_BRAKE_MS;
+    s->brake_queue = queue;
     filter_rescale(s, 0);
     s->brakes++;
 }
@@ -608,8 +694,11 @@ shed_behind(Shedder *s, int fd, long long now_ms)
     if ((uint64_t)mem[SK_MEMINFO_RMEM_ALLOC] * 8 < mem[SK_MEMINFO_RCVBUF] || (s->armed_from == 0 && !dropped))
         return 0;
     shed_mark_behind(s, now_ms);
-    if ((uint64_t)mem[SK_MEMINFO_RMEM_ALLOC] * 2 > mem[SK_MEMINFO_RCVBUF])
-        filter_brake(s, now_ms);
+    uint64_t queue = mem[SK_MEMINFO_RMEM_ALLOC], limit = mem[SK_MEMINFO_RCVBUF];
+    if (queue * 2 > limit)
+        filter_brake(s, now_ms, (uint32_t)queue, queue * 8 >= limit * 7);
+    else
+        s->brake_queue = 0;
     return 1;
 }
 

@@ -15,20 +15,25 @@ The work is csrc/fastpath/shed.c (``Shedder``, one per UDP socket, used by the C
 - it counts queries per prefix in windows of 100 ms and measures how many the worker reads
   and answers in a window (over the time it was busy, at most what it did in the last window
   it was busy throughout: bursts overstate it when another process wants the core); at each
-  window's end the share is the water level of the counts (scaled up by what an overflowing
-  queue and the filter let through) that fits a fraction of that (lowered after a window in
-  which the queue still overflowed);
+  window's end the share is the water level of the prefixes' averages that fits a fraction of
+  that (lowered after a window in which the queue still overflowed); a prefix's average is the
+  mean of its count in the window (scaled up by what an overflowing queue and the filter let
+  through) and its average the window before, as one window's count moves with a resolver's
+  bursts;
 - on an IPv4 socket, where the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket
   filter drops a busy prefix's datagrams before they are queued, keeping each with the
-  probability share / its rate: reading a datagram only to drop it would still cost about a
-  third of answering it.  A prefix is busy once it asks over twice its share, and stays so
-  until it asks its share or less, so that a client near its share is not thinned for the
-  noise in the counts;
+  probability share / its average: reading a datagram only to drop it would still cost about
+  a third of answering it.  A prefix is busy once its average is over twice its share, and
+  stays so until it is at its share or less, so that a client near its share is not thinned
+  for the noise in the counts; when the prefixes between one and two shares would not fit
+  whole in the capacity kept in reserve, the busiest of them are busy too;
 - in user space, while behind, a query from a prefix already over its share and a quarter
   in this window is dropped unanswered (IPv6, or when the kernel refuses the filter; with
-  the filter, over twice its share);
+  the filter, over twice its share), but one whose average was within its share may burst to
+  four shares;
 - a queue filling past half between two windows' ends (another process took the CPU) halves
-  what the filter keeps at once, before the queue overflows and the kernel drops at random.
+  what the filter keeps at once, and again while it grows, before the queue overflows and the
+  kernel drops at random.
 
 ``[rrl] shed = false`` turns it off.  The pure-Python loops (without the C extension) do not
 shed.  What it does shows in the metrics: queries shed in user space, datagrams the filter
