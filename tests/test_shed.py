@@ -413,6 +413,15 @@ def _meminfo(sock: socket.socket) -> tuple[int, int]:
     return alloc, rcvbuf
 
 
+def _fill_until(server: socket.socket, sender: socket.socket, full) -> None:
+    """1,000-octet datagrams from sender until full(queue, limit) holds of server's queue."""
+    for _ in range(5000):
+        if full(*_meminfo(server)):
+            break
+        sender.sendto(b"x" * 1000, server.getsockname())
+    assert full(*_meminfo(server)), _meminfo(server)
+
+
 def test_a_queue_over_half_full_halves_what_the_filter_keeps():
     """Between two windows' ends, a queue filling past half (the worker got less of the CPU
     than its share was set for) tightens the filter at once, and again while it grows or is
@@ -424,21 +433,14 @@ def test_a_queue_over_half_full_halves_what_the_filter_keeps():
     kept = s.share / 1000
     quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     quiet.bind(("127.10.0.7", 0))
-    for _ in range(5000):  # the queue past half full
-        if _meminfo(server)[0] * 2 > _meminfo(server)[1]:
-            break
-        quiet.sendto(b"x" * 1000, server.getsockname())
-    assert _meminfo(server)[0] * 2 > _meminfo(server)[1]
+    _fill_until(server, quiet, lambda queue, limit: queue * 2 > limit)  # past half full
     assert s.behind(server, 210) and s.brakes == 1
     assert s.behind(server, 215) and s.brakes == 1  # not again within 10 ms
     assert s.behind(server, 230) and s.brakes == 1  # nor while the queue is no longer
     quiet.sendto(b"x" * 1000, server.getsockname())
     assert s.behind(server, 231) and s.brakes == 2  # longer: halved again
-    for _ in range(5000):  # nearly full: halved on every look, at most once in 10 ms
-        if _meminfo(server)[0] * 8 >= _meminfo(server)[1] * 7:
-            break
-        quiet.sendto(b"x" * 1000, server.getsockname())
-    assert _meminfo(server)[0] * 8 >= _meminfo(server)[1] * 7
+    # nearly full: halved on every look, at most once in 10 ms
+    _fill_until(server, quiet, lambda queue, limit: queue * 8 >= limit * 7)
     assert s.behind(server, 242) and s.brakes == 3
     assert s.behind(server, 253) and s.brakes == 4
     server.setblocking(False)

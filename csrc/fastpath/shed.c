@@ -691,10 +691,10 @@ shed_behind(Shedder *s, int fd, long long now_ms)
         return 0; /* no way to know (an old kernel): never shed */
     int dropped = mem[SK_MEMINFO_DROPS] != s->drops;
     s->drops = mem[SK_MEMINFO_DROPS];
-    if ((uint64_t)mem[SK_MEMINFO_RMEM_ALLOC] * 8 < mem[SK_MEMINFO_RCVBUF] || (s->armed_from == 0 && !dropped))
+    uint64_t queue = mem[SK_MEMINFO_RMEM_ALLOC], limit = mem[SK_MEMINFO_RCVBUF];
+    if (queue * 8 < limit || (s->armed_from == 0 && !dropped))
         return 0;
     shed_mark_behind(s, now_ms);
-    uint64_t queue = mem[SK_MEMINFO_RMEM_ALLOC], limit = mem[SK_MEMINFO_RCVBUF];
     if (queue * 2 > limit)
         filter_brake(s, now_ms, (uint32_t)queue, queue * 8 >= limit * 7);
     else
