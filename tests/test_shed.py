@@ -27,6 +27,7 @@ Shedder = getattr(fastc._fastpath, "Shedder", None)
 pytestmark = pytest.mark.skipif(Shedder is None, reason="the C extension is not built")
 
 WINDOW_MS = 100
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # bind an address no interface has (linux/in.h)
 WINDOW_NS = WINDOW_MS * 1_000_000
 
 
@@ -216,7 +217,7 @@ def _count_from(sock: socket.socket, seconds: float) -> dict[str, int]:
     sock.settimeout(0.05)
     while time.monotonic() < end:
         try:
-            _data, (host, _port) = sock.recvfrom(2048)
+            _data, (host, *_port) = sock.recvfrom(2048)
         except TimeoutError:
             continue
         got[host] = got.get(host, 0) + 1
@@ -257,8 +258,62 @@ def test_the_kernel_filter_thins_a_busy_prefix_to_its_share():
     assert s.filtered == sent[busy] - got.get(busy, 0)
 
 
-def _filter_or_skip(server: socket.socket):
-    s = Shedder(24, 56, server.fileno())
+def _v6(text: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+@pytest.mark.parametrize(("bits", "busy", "quiet"), [
+    # a /56: two hosts of one busy /56, and the /56 next to it
+    (56, ("fd00:1:0:705::1", "fd00:1:0:7aa::2"), "fd00:1:0:800::1"),
+    # a /96, longer than 64 bits: the filter folds the low half into the key as the table does
+    (96, ("fd00:1:0:7:0:1:0:1", "fd00:1:0:7:0:1:ffff:2"), "fd00:1:0:7:0:2::1"),
+])
+def test_the_kernel_filter_thins_a_busy_ipv6_prefix_and_keeps_ipv4_on_a_dual_stack_socket(bits, busy, quiet):
+    """The IPv6 filter: a busy prefix's datagrams (from two of its hosts) thinned to its share,
+    a quiet prefix next to it (differing only past /64, for a /96) untouched, and the IPv4
+    datagrams a dual-stack socket gets left to user space.  The senders bind addresses no
+    interface has (IP_FREEBIND); their datagrams still go over loopback only."""
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    server.bind(("::", 0))
+    port = server.getsockname()[1]
+    s = _filter_or_skip(server, v6_bits=bits)
+    counts = {_v6(busy[0]): 500, _v6(busy[1]): 500, _v6(quiet): 50, _v6("::ffff:127.9.0.7"): 1000}
+    _window(s, 0, counts)
+    _window(s, 100, counts, capacity=300)
+    s.admit(_v6(quiet), False, 200)  # the window ends: the filter is written
+    share = s.share
+    assert share is not None and share < 300 and s.filtered_prefixes == 1  # the IPv6 one only
+    senders = {}
+    for host in (*busy, quiet):
+        senders[host] = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        senders[host].setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        senders[host].bind((host, 0))
+    senders["127.9.0.7"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    senders["127.9.0.7"].bind(("127.9.0.7", 0))
+    sent = {busy[0]: 2000, busy[1]: 2000, quiet: 400, "127.9.0.7": 400}
+    for host, n in sent.items():
+        to = ("127.0.0.1", port) if "." in host else ("::1", port)
+        for _ in range(n):
+            senders[host].sendto(b"x" * 40, to)
+    got = _count_from(server, 1.0)
+    for sock in (server, *senders.values()):
+        sock.close()
+    got = {socket.inet_ntop(socket.AF_INET6, _v6(host)): n for host, n in got.items()}
+    assert got.get(socket.inet_ntop(socket.AF_INET6, _v6(quiet))) == sent[quiet], got
+    assert got.get("::ffff:127.9.0.7") == sent["127.9.0.7"], got
+    kept = share / 1000  # the prefix asked 1000 in a window, its share `share`
+    busy_sent = sent[busy[0]] + sent[busy[1]]
+    busy_got = sum(got.get(socket.inet_ntop(socket.AF_INET6, _v6(host)), 0) for host in busy)
+    sd = (busy_sent * kept * (1 - kept)) ** 0.5
+    assert abs(busy_got - busy_sent * kept) < 5 * sd + 5, (got, busy_sent * kept, share)
+    assert min(got.get(socket.inet_ntop(socket.AF_INET6, _v6(host)), 0) for host in busy) > 0, got
+    assert s.filtered == busy_sent - busy_got
+
+
+def _filter_or_skip(server: socket.socket, v6_bits: int = 56):
+    s = Shedder(24, v6_bits, server.fileno())
     if not s.kernel_filter:
         assert os.geteuid() != 0, f"root, yet the kernel refused the filter: {os.strerror(s.filter_errno)}"
         pytest.skip(f"the kernel refused the filter ({os.strerror(s.filter_errno)}): needs root or CAP_BPF")
@@ -492,7 +547,8 @@ def test_make_shedder_and_the_config(tmp_path):
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     try:
         shedder = make_shedder(RrlConfig(), sock.fileno())
-        assert isinstance(shedder, Shedder) and not shedder.kernel_filter  # IPv6: user space only
+        assert isinstance(shedder, Shedder)
+        assert shedder.kernel_filter or os.geteuid() != 0  # IPv6 too, as root
         assert make_shedder(RrlConfig(shed=False), sock.fileno()) is None
     finally:
         sock.close()

@@ -25,8 +25,8 @@
  * of the window before (a prefix new in the window: its estimate).  A resolver's queries come
  * in bursts, and a few datagrams read of a thinned prefix, scaled up, are a noisy estimate:
  * one window's count alone took real clients in and out of the filter.
- *   - On an IPv4 socket, where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket
- *     filter drops a busy prefix's datagrams before they are queued, keeping each with the
+ *   - Where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket filter (on an IPv4
+ *     socket for IPv4 prefixes, on an IPv6 one for IPv6 prefixes) drops a busy prefix's datagrams before they are queued, keeping each with the
  *     probability share / (its average), so the worker reads about its share and no more:
  *     reading a datagram only to drop it costs about a third of answering it, and a flood can
  *     outrun even that.  A prefix is busy when its average is over twice its share
@@ -38,8 +38,8 @@
  *     every prefix asks a little over its share), the busiest of them are busy too
  *     (filter_entry).
  *   - In user space, while the worker is behind, a datagram from a prefix already over its
- *     share and a quarter in this window (over_share) is dropped unanswered (IPv6, or no
- *     kernel filter; with one, over twice its share: one the filter does not thin yet); a
+ *     share and a quarter in this window (over_share) is dropped unanswered (no kernel
+ *     filter; with one, over twice its share: one the filter does not thin yet); a
  *     prefix whose average was within its share may burst to SHED_BURST shares.
  * Between two windows' ends, a queue filling past half although the filter holds the busy
  * prefixes to their share means the worker is getting less of the CPU than the share was set
@@ -57,7 +57,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
 #include <linux/sock_diag.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <structmember.h>
 #include <sys/socket.h>
@@ -84,12 +86,13 @@
 #define SHED_HEAVY 2           /* the kernel filter thins prefixes asking over this many shares */
 #define SHED_OVERFLOW_SLACK 16 /* datagrams of a window's overflow count taken for noise */
 #define SHED_MIN_PROCESSED 256 /* datagrams a window must read to measure (fewer: no flood is on) */
-#define SHED_FILTER_MAX 2048   /* IPv4 prefixes the kernel filter can thin out */
+#define SHED_FILTER_MAX 2048   /* prefixes the kernel filter can thin out */
 #define SHED_BRAKE_MS 10       /* the filter is tightened at most once in this many ms */
+#define PREFIX_FOLD 0x9E3779B97F4A7C15ull /* folds the low half of an IPv6 prefix over /64 into its key */
 
-struct shed_filtered {
-    uint32_t key;  /* the prefix, as the packet has it (network order), the map's key */
-    uint32_t keep; /* the map's value: a datagram is kept when a random u32 is below it */
+struct shed_filtered { /* three u32s, not a u64 and a u32: 12 octets, not 16, twice SHED_FILTER_MAX times */
+    uint32_t key_high, key_low; /* the prefix's table key (prefix_key), its high and low halves */
+    uint32_t keep;              /* the map's value: a datagram is kept when a random u32 is below it */
 };
 
 struct shed_slot {
@@ -138,6 +141,7 @@ struct Shedder {
     uint32_t brake_queue;     /* ... nor before the queue is longer than it was then (0: below half) */
     /* the kernel filter */
     int map_fd;               /* its map of prefixes to keep thresholds (-1: no kernel filter) */
+    int filter_ipv6;          /* the filter is on an IPv6 socket: it thins IPv6 prefixes, not IPv4 ones */
     int count_fd;             /* its counter of datagrams dropped */
     int filter_errno;         /* why the kernel did not take it (0: it did, or no socket given) */
     int n_filtered;           /* prefixes in the map */
@@ -282,6 +286,15 @@ shed_tick(Shedder *s, uint32_t now)
  * space only catches one the filter does not thin yet, over the filter's own threshold.  A
  * prefix whose average was within its share may burst to SHED_BURST shares: a resolver's
  * queries come in bursts, and an average within its share is not a flood. */
+/* Can the kernel filter thin this table key's prefix?  It is on the socket, and the prefix is
+ * of the socket's family (an IPv4 key has the top bit set; an IPv6 socket's filter keeps the
+ * IPv4 datagrams a dual-stack socket may get). */
+static inline int
+filterable(const Shedder *s, uint64_t key)
+{
+    return s->map_fd >= 0 && (int)(key >> 63) != s->filter_ipv6;
+}
+
 static inline uint64_t
 over_share(const Shedder *s, const struct shed_slot *slot)
 {
@@ -289,7 +302,7 @@ over_share(const Shedder *s, const struct shed_slot *slot)
         return UINT64_MAX;
     if (slot->prev != SHED_NEW && slot->prev <= s->share)
         return (uint64_t)SHED_BURST * s->share;
-    return s->map_fd >= 0 ? (uint64_t)SHED_HEAVY * s->share : (uint64_t)s->share + s->share / 4;
+    return filterable(s, slot->key) ? (uint64_t)SHED_HEAVY * s->share : (uint64_t)s->share + s->share / 4;
 }
 
 static uint64_t
@@ -315,7 +328,7 @@ prefix_key(const Shedder *s, const unsigned char *addr, int alen)
         return high & ~((uint64_t)1 << 63);
     }
     low = s->v6_bits == 128 ? low : low & (~(uint64_t)0 << (128 - s->v6_bits));
-    return (high ^ (low * 0x9E3779B97F4A7C15ull)) & ~((uint64_t)1 << 63);
+    return (high ^ (low * PREFIX_FOLD)) & ~((uint64_t)1 << 63);
 }
 
 long long
@@ -387,8 +400,8 @@ shed_admit(Shedder *s, const unsigned char *addr, int alen, int behind, long lon
 
 /* ---- the kernel filter: the same shedding before the datagram is queued on the socket ----
  * Reading a datagram the worker then sheds still costs it the kernel's receive work, about a
- * third of what answering costs; a flood can outrun even that.  So on an IPv4 socket, where
- * the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket filter looks the source's
+ * third of what answering costs; a flood can outrun even that.  So where the kernel allows it
+ * (bpf(2): root or CAP_BPF), an eBPF socket filter looks the source's
  * prefix up in a map and keeps its datagrams with the map's probability (share / the
  * prefix's rate), so that what the worker reads of a busy prefix is about its share.  The map
  * is rewritten at each window's end from the counts (scaled by what the filter let through). */
@@ -401,21 +414,69 @@ bpf_call(int cmd, union bpf_attr *attr)
 
 #define INSN(c, d, sr, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (sr), .off = (o), .imm = (i)})
 
-/* The filter on socket fd, with a map of `mask_bits`-prefixes to keep thresholds; the map's
- * fd, or -1 (errno set) when the kernel does not take it. */
+/* A filter program being put together: its instructions, and the jumps to its "keep" exit
+ * (patched once that is placed). */
+struct filter_prog {
+    struct bpf_insn insn[64]; /* the longest (IPv6 over /64) has 49 */
+    int n;
+    int to_keep[4], n_to_keep;
+};
+
+static void
+emit(struct filter_prog *p, struct bpf_insn insn)
+{
+    p->insn[p->n++] = insn;
+}
+
+/* dst = a 64-bit constant (two instructions) */
+static void
+emit_imm64(struct filter_prog *p, int dst, uint64_t value)
+{
+    emit(p, INSN(BPF_LD | BPF_DW | BPF_IMM, dst, 0, 0, (int32_t)(uint32_t)value));
+    emit(p, INSN(0, 0, 0, 0, (int32_t)(uint32_t)(value >> 32)));
+}
+
+/* if (dst op imm) goto keep */
+static void
+emit_keep_if(struct filter_prog *p, int op, int dst, int32_t imm)
+{
+    p->to_keep[p->n_to_keep++] = p->n;
+    emit(p, INSN(BPF_JMP | op | BPF_K, dst, 0, 0, imm));
+}
+
+/* Octets [offset, offset + len) of the network header to the stack at `at`; keep the
+ * datagram when they cannot be read. */
+static void
+emit_load_net(struct filter_prog *p, int offset, int at, int len)
+{
+    emit(p, INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0));
+    emit(p, INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_2, 0, 0, offset));
+    emit(p, INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0));
+    emit(p, INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, at));
+    emit(p, INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, len));
+    emit(p, INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_5, 0, 0, BPF_HDR_START_NET));
+    emit(p, INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes_relative));
+    emit_keep_if(p, BPF_JNE, BPF_REG_0, 0);
+}
+
+/* The filter on socket fd: a map of source prefixes (`bits` long) to keep thresholds, looked
+ * up by the key the table counts the prefix under (prefix_key; for IPv4 the prefix as the
+ * packet has it, in network order).  The map's fd, or -1 (errno set) when the kernel does not
+ * take it; *count_out: the fd of its counter of datagrams dropped. */
 static int
-filter_attach(int fd, int mask_bits, int *count_out)
+filter_attach(int fd, int ipv6, int bits, int *count_out)
 {
     union bpf_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.map_type = BPF_MAP_TYPE_HASH;
-    attr.key_size = 4;
+    attr.key_size = ipv6 ? 8 : 4;
     attr.value_size = 4;
     attr.max_entries = 2 * SHED_FILTER_MAX; /* the new entries go in before the old ones go */
     int map_fd = bpf_call(BPF_MAP_CREATE, &attr);
     if (map_fd < 0)
         return -1;
     attr.map_type = BPF_MAP_TYPE_ARRAY; /* one counter: the datagrams the filter dropped */
+    attr.key_size = 4;
     attr.value_size = 8;
     attr.max_entries = 1;
     int count_fd = bpf_call(BPF_MAP_CREATE, &attr);
@@ -424,46 +485,69 @@ filter_attach(int fd, int mask_bits, int *count_out)
         return -1;
     }
     *count_out = count_fd;
-    uint32_t mask = mask_bits == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - mask_bits));
-    struct bpf_insn prog[] = {
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0),   /* r6 = skb */
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_2, 0, 0, 12),          /* the IPv4 source address */
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
-        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),          /*  to the stack at -8 */
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 4),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_5, 0, 0, BPF_HDR_START_NET),
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes_relative),
-        INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 12, 0),            /* unreadable: keep */
-        INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_0, BPF_REG_10, -8, 0),
-        INSN(BPF_ALU | BPF_AND | BPF_K, BPF_REG_0, 0, 0, (int32_t)mask), /* its prefix */
-        INSN(BPF_STX | BPF_MEM | BPF_W, BPF_REG_10, BPF_REG_0, -8, 0),
-        INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map_fd),
-        INSN(0, 0, 0, 0, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
-        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -8),
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
-        INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 3, 0),             /* not in the map: keep */
-        INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_7, BPF_REG_0, 0, 0),     /* r7 = its keep threshold */
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_prandom_u32),
-        INSN(BPF_JMP | BPF_JGE | BPF_X, BPF_REG_0, BPF_REG_7, 2, 0),     /* over it: drop */
-        INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, -1),            /* keep (the whole datagram) */
-        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
-        INSN(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -16, 0),           /* drop: counted */
-        INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, count_fd),
-        INSN(0, 0, 0, 0, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
-        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -16),
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
-        INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 2, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, 1),
-        INSN(BPF_STX | BPF_XADD | BPF_DW, BPF_REG_0, BPF_REG_1, 0, 0), /* atomic add */
-        INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0),
-        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
-    };
+    struct filter_prog p = {.n = 0};
+    emit(&p, INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0)); /* r6 = skb */
+    if (!ipv6) { /* the IPv4 source address, masked, to the stack at -8 */
+        uint32_t mask = bits == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - bits));
+        emit_load_net(&p, 12, -8, 4);
+        emit(&p, INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_0, BPF_REG_10, -8, 0));
+        emit(&p, INSN(BPF_ALU | BPF_AND | BPF_K, BPF_REG_0, 0, 0, (int32_t)mask));
+        emit(&p, INSN(BPF_STX | BPF_MEM | BPF_W, BPF_REG_10, BPF_REG_0, -8, 0));
+    }
+    else { /* prefix_key of the IPv6 source address to the stack at -8 (an IPv4 datagram on a
+            * dual-stack socket is kept: its IPv4 prefix is not in this map) */
+        emit(&p, INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_0, BPF_REG_6, offsetof(struct __sk_buff, protocol), 0));
+        emit_keep_if(&p, BPF_JNE, BPF_REG_0, htons(ETH_P_IPV6));
+        emit_load_net(&p, 8, -24, 16);
+        emit(&p, INSN(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_0, BPF_REG_10, -24, 0)); /* high = its first 8 octets */
+        emit(&p, INSN(BPF_ALU | BPF_END | BPF_TO_BE, BPF_REG_0, 0, 0, 64));        /* ... as a number */
+        uint64_t no_family = ~((uint64_t)1 << 63);
+        if (bits <= 64)
+            emit_imm64(&p, BPF_REG_1, (bits == 0 ? 0 : ~(uint64_t)0 << (64 - bits)) & no_family);
+        else {
+            emit(&p, INSN(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_2, BPF_REG_10, -16, 0)); /* low */
+            emit(&p, INSN(BPF_ALU | BPF_END | BPF_TO_BE, BPF_REG_2, 0, 0, 64));
+            if (bits < 128) {
+                emit_imm64(&p, BPF_REG_1, ~(uint64_t)0 << (128 - bits));
+                emit(&p, INSN(BPF_ALU64 | BPF_AND | BPF_X, BPF_REG_2, BPF_REG_1, 0, 0));
+            }
+            emit_imm64(&p, BPF_REG_1, PREFIX_FOLD);
+            emit(&p, INSN(BPF_ALU64 | BPF_MUL | BPF_X, BPF_REG_2, BPF_REG_1, 0, 0));
+            emit(&p, INSN(BPF_ALU64 | BPF_XOR | BPF_X, BPF_REG_0, BPF_REG_2, 0, 0));
+            emit_imm64(&p, BPF_REG_1, no_family);
+        }
+        emit(&p, INSN(BPF_ALU64 | BPF_AND | BPF_X, BPF_REG_0, BPF_REG_1, 0, 0));
+        emit(&p, INSN(BPF_STX | BPF_MEM | BPF_DW, BPF_REG_10, BPF_REG_0, -8, 0));
+    }
+    /* the prefix's keep threshold; a random u32 under it keeps the datagram */
+    emit(&p, INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map_fd));
+    emit(&p, INSN(0, 0, 0, 0, 0));
+    emit(&p, INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0));
+    emit(&p, INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -8));
+    emit(&p, INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem));
+    emit_keep_if(&p, BPF_JEQ, BPF_REG_0, 0);                               /* not in the map */
+    emit(&p, INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_7, BPF_REG_0, 0, 0)); /* r7 = its keep threshold */
+    emit(&p, INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_prandom_u32));
+    emit(&p, INSN(BPF_JMP | BPF_JGE | BPF_X, BPF_REG_0, BPF_REG_7, 2, 0)); /* over it: drop */
+    for (int i = 0; i < p.n_to_keep; i++)
+        p.insn[p.to_keep[i]].off = (int16_t)(p.n - p.to_keep[i] - 1);
+    emit(&p, INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, -1));        /* keep (the whole datagram) */
+    emit(&p, INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0));
+    emit(&p, INSN(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -32, 0));       /* drop: counted */
+    emit(&p, INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, count_fd));
+    emit(&p, INSN(0, 0, 0, 0, 0));
+    emit(&p, INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0));
+    emit(&p, INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -32));
+    emit(&p, INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem));
+    emit(&p, INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 2, 0));
+    emit(&p, INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, 1));
+    emit(&p, INSN(BPF_STX | BPF_XADD | BPF_DW, BPF_REG_0, BPF_REG_1, 0, 0)); /* atomic add */
+    emit(&p, INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0));
+    emit(&p, INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0));
     memset(&attr, 0, sizeof attr);
     attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
-    attr.insns = (uint64_t)(uintptr_t)prog;
-    attr.insn_cnt = sizeof prog / sizeof prog[0];
+    attr.insns = (uint64_t)(uintptr_t)p.insn;
+    attr.insn_cnt = (uint32_t)p.n;
     attr.license = (uint64_t)(uintptr_t) "Dual BSD/GPL";
     int prog_fd = bpf_call(BPF_PROG_LOAD, &attr);
     if (prog_fd < 0 || setsockopt(fd, SOL_SOCKET, SO_ATTACH_BPF, &prog_fd, sizeof prog_fd) < 0) {
@@ -495,11 +579,33 @@ filter_dropped(Shedder *s)
     return bpf_call(BPF_MAP_LOOKUP_ELEM, &attr) == 0 ? (long long)value : s->filtered_total;
 }
 
+static uint64_t
+filtered_key(const struct shed_filtered *entry)
+{
+    return ((uint64_t)entry->key_high << 32) | entry->key_low;
+}
+
 static int
 compare_filtered(const void *a, const void *b)
 {
-    uint32_t x = ((const struct shed_filtered *)a)->key, y = ((const struct shed_filtered *)b)->key;
+    uint64_t x = filtered_key(a), y = filtered_key(b);
     return x < y ? -1 : x > y;
+}
+
+/* The map's key for a filtered prefix, in out: 4 octets on an IPv4 socket (the prefix in
+ * network order, as the packet has it), 8 on an IPv6 one (its table key, which the filter
+ * computes as prefix_key does). */
+static void
+filter_map_key(const Shedder *s, const struct shed_filtered *entry, unsigned char out[8])
+{
+    if (s->filter_ipv6) {
+        uint64_t key = filtered_key(entry);
+        memcpy(out, &key, 8);
+    }
+    else {
+        uint32_t key = htonl(entry->key_low);
+        memcpy(out, &key, 4);
+    }
 }
 
 /* At the end of a window counted whole, each prefix's count becomes what it asked, estimated:
@@ -521,7 +627,7 @@ estimate_arrivals(Shedder *s, long long overflow)
         }
     }
     for (int i = 0; i < s->n_filtered; i++) {
-        struct shed_slot *slot = find_slot(s, ((uint64_t)1 << 63) | ntohl(s->filtered[i].key), 0);
+        struct shed_slot *slot = find_slot(s, filtered_key(&s->filtered[i]), 0);
         if (slot != NULL && s->filtered[i].keep > 0) {
             uint64_t estimate = ((uint64_t)slot->count << 32) / s->filtered[i].keep;
             slot->count = estimate > UINT32_MAX ? UINT32_MAX : (uint32_t)estimate;
@@ -548,10 +654,12 @@ estimate_arrivals(Shedder *s, long long overflow)
 static void
 filter_put(Shedder *s, const struct shed_filtered *entry)
 {
+    unsigned char key[8];
+    filter_map_key(s, entry, key);
     union bpf_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.map_fd = (uint32_t)s->map_fd;
-    attr.key = (uint64_t)(uintptr_t)&entry->key;
+    attr.key = (uint64_t)(uintptr_t)key;
     attr.value = (uint64_t)(uintptr_t)&entry->keep;
     attr.flags = BPF_ANY;
     bpf_call(BPF_MAP_UPDATE_ELEM, &attr);
@@ -579,7 +687,7 @@ filter_entry(const Shedder *s)
     return heavy;
 }
 
-/* At the end of a window: the map gets each IPv4 prefix whose average is over the new share
+/* At the end of a window: the map gets each prefix of the socket's family whose average is over the new share
  * and over the entry bar (or was in the map already), with the probability that thins it to
  * the share (none without a share). */
 static void
@@ -592,9 +700,10 @@ filter_update(Shedder *s)
     if (s->share != SHED_NONE)
         for (size_t i = 0; i < SHED_SLOTS && n < SHED_FILTER_MAX; i++) {
             struct shed_slot *t = &s->table[i];
-            if (t->window != s->window || !(t->key >> 63) || t->count <= s->share)
+            if (t->window != s->window || !filterable(s, t->key) || t->count <= s->share)
                 continue;
-            s->next[n].key = htonl((uint32_t)t->key);
+            s->next[n].key_high = (uint32_t)(t->key >> 32);
+            s->next[n].key_low = (uint32_t)t->key;
             /* a prefix enters the filter asking over SHED_HEAVY shares (or the entry bar, when
              * less), and leaves it asking its share or less: the counts' noise does not take a
              * busy prefix in and out */
@@ -611,9 +720,11 @@ filter_update(Shedder *s)
     for (int i = 0; i < s->n_filtered; i++) {
         if (bsearch(&s->filtered[i], s->next, (size_t)n, sizeof s->next[0], compare_filtered) != NULL)
             continue;
+        unsigned char key[8];
+        filter_map_key(s, &s->filtered[i], key);
         memset(&attr, 0, sizeof attr);
         attr.map_fd = (uint32_t)s->map_fd;
-        attr.key = (uint64_t)(uintptr_t)&s->filtered[i].key;
+        attr.key = (uint64_t)(uintptr_t)key;
         bpf_call(BPF_MAP_DELETE_ELEM, &attr);
     }
     memcpy(s->filtered, s->next, (size_t)n * sizeof s->next[0]);
@@ -743,8 +854,9 @@ shedder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_DECREF(bytes);
     int domain = 0;
     socklen_t len = sizeof domain;
-    if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_INET) {
-        s->map_fd = filter_attach(fd, v4_bits, &s->count_fd);
+    if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && (domain == AF_INET || domain == AF_INET6)) {
+        s->filter_ipv6 = domain == AF_INET6;
+        s->map_fd = filter_attach(fd, s->filter_ipv6, s->filter_ipv6 ? v6_bits : v4_bits, &s->count_fd);
         if (s->map_fd < 0)
             s->filter_errno = errno; /* shedding in user space only */
     }
@@ -829,7 +941,7 @@ static PyMemberDef shedder_members[] = {
      "times the kernel filter's map was rewritten"},
     {"brakes", T_LONGLONG, offsetof(Shedder, brakes), READONLY,
      "times the kernel filter was tightened between windows, its socket's queue over half full"},
-    {"filtered_prefixes", T_INT, offsetof(Shedder, n_filtered), READONLY, "IPv4 prefixes the kernel filter thins out now"},
+    {"filtered_prefixes", T_INT, offsetof(Shedder, n_filtered), READONLY, "prefixes the kernel filter thins out now"},
     {"fill", T_INT, offsetof(Shedder, fill), READONLY, "percent of the worker's capacity the shares are set to fill"},
     {"filter_errno", T_INT, offsetof(Shedder, filter_errno), READONLY,
      "why the kernel did not take the filter (an errno; 0: it did, or it was not asked)"},

@@ -20,15 +20,15 @@ The work is csrc/fastpath/shed.c (``Shedder``, one per UDP socket, used by the C
   mean of its count in the window (scaled up by what an overflowing queue and the filter let
   through) and its average the window before, as one window's count moves with a resolver's
   bursts;
-- on an IPv4 socket, where the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket
-  filter drops a busy prefix's datagrams before they are queued, keeping each with the
-  probability share / its average: reading a datagram only to drop it would still cost about
-  a third of answering it.  A prefix is busy once its average is over twice its share, and
+- where the kernel allows it (bpf(2): root or CAP_BPF), an eBPF socket filter (IPv4 or
+  IPv6, as the socket is) drops a busy prefix's datagrams before they are queued, keeping
+  each with the probability share / its average: reading a datagram only to drop it would
+  still cost about a third of answering it.  A prefix is busy once its average is over twice its share, and
   stays so until it is at its share or less, so that a client near its share is not thinned
   for the noise in the counts; when the prefixes between one and two shares would not fit
   whole in the capacity kept in reserve, the busiest of them are busy too;
 - in user space, while behind, a query from a prefix already over its share and a quarter
-  in this window is dropped unanswered (IPv6, or when the kernel refuses the filter; with
+  in this window is dropped unanswered (when the kernel refuses the filter; with
   the filter, over twice its share), but one whose average was within its share may burst to
   four shares;
 - a queue filling past half between two windows' ends (another process took the CPU) halves
