@@ -5,6 +5,8 @@ and a running server answering byte for byte the same with and without it (IMRS_
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 from flood.floodgen import junk_payload
 from serverproc import ServerProc, imrs_env, query, root_subset, start_all
 
+from imrs.answer import fastc
 from imrs.serve import batchio
 
 pytestmark = pytest.mark.skipif(not batchio.AVAILABLE, reason="recvmmsg/sendmmsg not available here")
@@ -347,3 +350,64 @@ def test_server_answers_the_same_with_and_without_batchio(tmp_path_factory):
         assert stats.get("udp_received", 0) >= len(wires) * len(hosts), stats
         # every response went through the rate limiter, none was limited
         assert stats["rrl_responses"] >= 250 * len(hosts) and stats["rrl_limited"] == 0, stats
+
+
+# In a network namespace of its own (only its loopback, so nothing it sends can leave it), a
+# server socket on ::1 gets 20 queries from an address no interface or route has (bound with
+# IP_FREEBIND) and 20 from ::1, interleaved, and answers all 40 in one drain: the answers to
+# the first are refused (ENETUNREACH); the others must still go.
+_REFUSED_DESTINATION = r"""
+import ctypes, fcntl, json, os, socket, struct, sys, time
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+    sys.exit(f"unshare: {os.strerror(ctypes.get_errno())}")
+lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fcntl.ioctl(lo, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x8 | 0x40))  # SIOCSIFFLAGS: up
+from imrs.answer import fastc
+from imrs.serve import batchio
+out = {}
+for loop in ("c", "batched"):
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.bind(("::1", 0))
+    server.setblocking(False)
+    stray = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    stray.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+    stray.bind(("fd00:99::1", 0))
+    good = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    good.bind(("::1", 0))
+    for i in range(20):
+        stray.sendto(b"s%d" % i, server.getsockname())
+        good.sendto(b"g%d" % i, server.getsockname())
+    time.sleep(0.1)
+    if loop == "c":
+        received, sent, _errors = fastc._fastpath.udp_drain(server.fileno(), lambda wire, peer, port: b"re:" + wire, True, 512)
+    else:
+        batch = batchio.BatchSocket(server.fileno())
+        got = batch.receive()
+        received, sent = len(got), batch.reply([b"re:" + wire for wire in got])
+    good.settimeout(0.3)
+    answers = []
+    try:
+        while True:
+            answers.append(good.recv(100).decode())
+    except TimeoutError:
+        pass
+    out[loop] = {"received": received, "sent": sent, "answers": sorted(answers)}
+print(json.dumps(out))
+"""
+
+
+def test_an_answer_the_kernel_refuses_does_not_lose_the_rest_of_the_batch():
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("needs root on Linux (a network namespace of its own)")
+    if getattr(fastc._fastpath, "udp_drain", None) is None:
+        pytest.skip("the C extension is not built")
+    run = subprocess.run([sys.executable, "-c", _REFUSED_DESTINATION], env=imrs_env(), capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    expected = sorted(f"re:g{i}" for i in range(20))
+    for loop in ("c", "batched"):
+        assert out[loop]["received"] == 40, out
+        assert out[loop]["answers"] == expected, out
+        assert out[loop]["sent"] == 20, out

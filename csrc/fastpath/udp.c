@@ -399,11 +399,17 @@ udp_drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         int done = 0;
         while (done < count) {
             int m = sendmmsg(fd, send_msgs + done, (unsigned)(count - done), MSG_DONTWAIT);
-            if (m <= 0)
-                break; /* socket buffer full or an error: the rest are lost, like packets */
-            done += m;
+            if (m > 0) {
+                done += m;
+                sent += m;
+            }
+            else if (m < 0 && errno == EINTR)
+                continue;
+            else if (m == 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+                break; /* the socket's buffer is full: the rest are lost, like packets */
+            else
+                done++; /* this one's destination is refused (no route, a firewall): the rest still go */
         }
-        sent += done;
         for (int i = 0; i < n; i++)
             Py_XDECREF(responses[i]);
         if (traffic != NULL) {

@@ -46,6 +46,9 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
 
 
+_BUFFER_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+
+
 def _load():
     if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
         return None
@@ -155,12 +158,19 @@ class BatchSocket:
             iov[count * 2] = id(response) + _BYTES_DATA_OFFSET  # ``responses`` keeps them alive
             iov[count * 2 + 1] = len(response)
             count += 1
-        sent = 0
-        while sent < count:
-            n = self._sendmmsg(self.fd, self._send_addr + sent * 64, count - sent, _MSG_DONTWAIT)
-            if n <= 0:
-                break  # socket buffer full or an error: the rest are dropped, like lost packets
-            sent += n
+        sent = done = 0
+        while done < count:
+            n = self._sendmmsg(self.fd, self._send_addr + done * 64, count - done, _MSG_DONTWAIT)
+            if n > 0:
+                done += n
+                sent += n
+                continue
+            code = ctypes.get_errno() if n < 0 else 0
+            if code == errno.EINTR:
+                continue
+            if n == 0 or code in _BUFFER_FULL:
+                break  # the socket's buffer is full: the rest are dropped, like lost packets
+            done += 1  # this one's destination is refused (no route, a firewall): the rest still go
         return sent
 
 
