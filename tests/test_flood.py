@@ -57,6 +57,15 @@ test_junk_flood_legit_share
     measured and each decided on all four together.  Each server's figures give the flood's
     rate aimed at it and how many queries a second reached its socket (aimed less what the
     kernel dropped, imrs's filter included).
+test_ipv6_junk_flood_is_thinned_by_the_kernel_filter
+    The same junk flood over IPv6 (500 sources, each in its own /56, fd00:<i>::1; floodgen
+    flood6, a raw IPv6 socket) at the generator's highest rate against imrs with 1 worker on
+    [::1], while the legitimate client asks from ::1 as above, for one 4-second segment.  IPv6
+    has one loopback address, so this runs in a network namespace the test makes
+    (tests/flood/ipv6.py: its loopback up, fd00::1/16 on it, nothing else), where the
+    answers to the flood's sources die on the loopback and cannot leave the machine.  The
+    flood must outrun the worker (over twice what it read), the eBPF filter on the IPv6 socket
+    must have dropped over a quarter of it, and the client must keep at least 97 %.
 test_tcp_exhaustion
     3,000 TCP connections, each from its own source address (so that no per-source cap
     applies), are opened to imrs (1 worker) and held idle; any the server closes is opened
@@ -78,8 +87,8 @@ test_memory_million_sources
     server actually heard from: at least MEMORY_MIN_REACHED, or the test has not shown what
     it claims and fails.
 
-Needs Linux, cores 0 and 1, root for the junk flood and memory tests (the raw socket; they
-skip without it), and NSD 4.6 (``apt-get install nsd``; without it the tests that compare
+Needs Linux, cores 0 and 1, root for the junk flood and memory tests (the raw socket, and a
+network namespace for IPv6; they skip without it), and NSD 4.6 (``apt-get install nsd``; without it the tests that compare
 fail, as the NSD differential tests do).
 Run:  .venv/bin/python -m pytest tests/test_flood.py -m flood -s
 ``IMRS_FLOOD_SRC=/path/to/src`` runs the imrs servers from another source tree.
@@ -92,6 +101,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -101,7 +111,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-from flood.harness import Gen, memory_kb, pin_tree, udp_port_drops, zone_tlds
+from flood.harness import TESTS, Gen, memory_kb, pin_tree, udp_port_drops, zone_tlds
 from peers.nsd_server import NsdServer, NsdUnavailable, find_nsd
 from serverproc import ROOT_ZONE, ServerProc, frame, parse, query, read_frame, udp_ask
 
@@ -456,6 +466,36 @@ def test_junk_flood_legit_share(tmp_path, results):
     print("\n" + figures + "\n" + per_segment)
     problems = [line for regime in plans for line in failures[regime]]
     assert not problems, "\n".join(problems) + "\n" + figures
+
+
+# --------------------------------------------------------------------------- junk flood over IPv6
+
+
+def test_ipv6_junk_flood_is_thinned_by_the_kernel_filter(tmp_path, results):
+    """The junk flood over IPv6, from 500 /56s at the generator's highest rate, against imrs
+    with one worker on [::1], in a network namespace of the test's own (tests/flood/ipv6.py:
+    the answers to the flood's sources must not leave the machine): the legitimate client on
+    ::1 keeps at least SHARE_FLOOR of its answers, and the eBPF filter on the IPv6 socket is
+    what drops the flood's excess (udp_filtered), as on IPv4."""
+    _need_root()
+    run = subprocess.run([sys.executable, "-m", "flood.ipv6", "--zone", str(ROOT_ZONE), "--workdir", str(tmp_path / "imrs6"),
+                          "--seconds", str(SEGMENT_SECONDS), "--sources", str(FLOOD_SOURCES), "--rate", str(LEGIT_RATE),
+                          "--source-ports", str(LEGIT_SOURCE_PORTS), "--server-cpu", str(SERVER_CPU),
+                          "--gen-cpu", str(GEN_CPU)],
+                         cwd=TESTS, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])},
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    results.update(r)
+    leg, server = r["legit"], r["server"]
+    figures = (f"flood {r['flood']['rate']}/s, server read {r['read_rate']}/s; legit {leg['answered']}/{leg['sent']} "
+               f"(share {leg['share']}, late {leg['late']}, tc {leg['tc']}); filtered {server.get('udp_filtered')}, "
+               f"shed {server.get('udp_shed')}, overflow {server.get('udp_overflow')}")
+    print("\n" + figures)
+    assert r["answers_after"], f"imrs no longer answers after the flood; {figures}"
+    assert r["flood"]["rate"] > 2 * r["read_rate"], f"the flood did not outrun the worker: nothing to show; {figures}"
+    assert server.get("udp_filtered", 0) > r["flood"]["sent"] // 4, f"the kernel filter did not take the flood; {figures}"
+    assert leg["share"] >= SHARE_FLOOR, f"the legitimate client lost answers; {figures}"
 
 
 # --------------------------------------------------------------------------- TCP exhaustion

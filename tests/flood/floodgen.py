@@ -9,6 +9,7 @@ Run it as its own process, pinned to one core, for a bounded time; it prints one
     cd tests && python -m flood.floodgen reflect --port 5300 --duration 3 --rate 20500 --cpu 1
     cd tests && python -m flood.floodgen legit   --port 5300 --duration 4 --rate 200 --cpu 1
     cd tests && python -m flood.floodgen tcphold --port 5300 --connections 3000 --duration 30
+    cd tests && python -m flood.floodgen flood6  --host ::1 --port 5300 --duration 4 --cpu 1   # in a netns
 
 flood    Spoofed queries, as root: a raw socket (IPPROTO_RAW, so IP_HDRINCL) takes whole
          IPv4+UDP packets with any source address and port (UDP checksum 0, allowed over
@@ -27,6 +28,9 @@ flood    Spoofed queries, as root: a raw socket (IPPROTO_RAW, so IP_HDRINCL) tak
          (referrals), in shares set by ``--mix``, with assorted query types, half with EDNS
          (some DO), and malformed or odd messages (header only, cut question, other
          opcodes, QR set, QDCOUNT 2, random bytes).
+flood6   The same junk over IPv6 to ::1 from --sources /56s (fd00:<i>::1), through a raw IPv6
+         socket (the UDP checksum computed, as IPv6 requires), as fast as it can; only where
+         replies to those sources cannot leave the machine (tests/flood/ipv6.py's namespace).
 reflect  One source (the "victim"; an ordinary socket on its own address) sends one query
          (default ``. DNSKEY`` with DO and EDNS 1232) at a paced rate and counts the octets
          (DNS payload) sent and received back, the TC=1 answers, and the kernel's drop count
@@ -170,6 +174,26 @@ def ip_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
     return ip + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ip6_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """An IPv6 header and a UDP datagram with its checksum (IPv6 requires one, and the kernel
+    does not fill it in for a raw socket)."""
+    s, d = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    length = 8 + len(payload)
+    pseudo = s + d + struct.pack("!I3xB", length, socket.IPPROTO_UDP)
+    checksum = _checksum(pseudo + struct.pack("!HHHH", sport, dport, length, 0) + payload) or 0xFFFF
+    return (struct.pack("!IHBB", 6 << 28, length, socket.IPPROTO_UDP, 64) + s + d
+            + struct.pack("!HHHH", sport, dport, length, checksum) + payload)
+
+
 def rand_label(rng: random.Random, lo: int = 4, hi: int = 12) -> str:
     return "".join(rng.choice(_ALNUM) for _ in range(rng.randint(lo, hi)))
 
@@ -209,8 +233,8 @@ def junk_payload(rng: random.Random, tlds: list[str], mix: tuple[float, ...] = (
 
 
 def _check_dst(host: str) -> None:
-    if not host.startswith("127."):
-        raise SystemExit(f"floodgen: refusing to send to {host!r}: loopback 127.0.0.0/8 only")
+    if not host.startswith("127.") and host != "::1":
+        raise SystemExit(f"floodgen: refusing to send to {host!r}: loopback (127.0.0.0/8, ::1) only")
 
 
 def _addr(index: int) -> str:
@@ -442,6 +466,43 @@ def run_flood(a: argparse.Namespace) -> dict:
     if len(segments) == 1:
         out.update({k: segments[0][k] for k in ("seconds", "rate", "send_errors", "calls")})
     return out
+
+
+def run_flood6(a: argparse.Namespace) -> dict:
+    """The junk flood over IPv6, to ::1 only (in the network namespace tests/flood/ipv6.py
+    makes): a raw IPv6 socket (as root) sends --sources sources, each in its own /56
+    (fd00:<i>::1), as fast as it can for --duration seconds, in sendmmsg calls of prebuilt
+    packets as flood does."""
+    if a.host != "::1":
+        raise SystemExit(f"floodgen: refusing to send to {a.host!r}: ::1 only")
+    rng = random.Random(a.seed)
+    tlds = REAL_TLDS if not a.tlds else [t for t in a.tlds.split(",") if t]
+    mix = tuple(float(x) for x in a.mix.split(","))
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    sock.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE (root)
+    count = a.pool
+    # struct sockaddr_in6 of ::1: family, port 0 (a raw socket's), flow info, address, scope
+    pool = PacketPool(count, struct.pack("=H", socket.AF_INET6) + bytes(6)
+                      + socket.inet_pton(socket.AF_INET6, "::1") + bytes(4))
+    for i in range(count):
+        src = f"fd00:{i % a.sources + 1:x}::1"
+        pool.set(i, ip6_udp(src, rng.randint(1024, 65535), "::1", a.port, junk_payload(rng, tlds, mix)))
+    pin(a.cpu)
+    wait_until(a.start_at)
+    fd, sent, errors, i = sock.fileno(), 0, 0, 0
+    t0 = time.monotonic()
+    deadline = t0 + a.duration
+    while time.monotonic() < deadline:
+        n = pool.send(fd, i, min(VLEN, count - i))
+        if n > 0:
+            sent += n
+            i = (i + n) % count
+        else:
+            errors += 1
+    seconds = time.monotonic() - t0
+    sock.close()
+    return {"mode": "flood6", "sent": sent, "seconds": round(seconds, 3), "rate": _per_second(sent, seconds),
+            "send_errors": errors}
 
 
 def _per_second(n: int, seconds: float) -> int:
@@ -684,7 +745,7 @@ def run_legit(a: argparse.Namespace) -> dict:
         for port in ports:
             own = []
             for _ in range(a.source_ports):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock = socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET, socket.SOCK_DGRAM)
                 sock.bind((a.source, 0))
                 sock.connect((a.host, port))
                 sock.setblocking(False)
@@ -873,7 +934,7 @@ def run_tcphold(a: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flood.floodgen", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["flood", "reflect", "legit", "tcphold"])
+    ap.add_argument("mode", choices=["flood", "flood6", "reflect", "legit", "tcphold"])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--schedule", default="", help="flood/legit: PORT:RATE:SECONDS,... segments one after another")
@@ -917,6 +978,8 @@ def main(argv: list[str] | None = None) -> int:
     a.do = bool(a.do)
     if a.mode == "flood":
         out = run_flood(a)
+    elif a.mode == "flood6":
+        out = run_flood6(a)
     elif a.mode == "tcphold":
         out = run_tcphold(a)
     elif a.mode == "reflect":
