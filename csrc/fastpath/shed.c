@@ -26,7 +26,8 @@
  * in bursts, and a few datagrams read of a thinned prefix, scaled up, are a noisy estimate:
  * one window's count alone took real clients in and out of the filter.
  *   - Where the kernel takes it (bpf(2): root or CAP_BPF), an eBPF socket filter (on an IPv4
- *     socket for IPv4 prefixes, on an IPv6 one for IPv6 prefixes) drops a busy prefix's datagrams before they are queued, keeping each with the
+ *     socket for IPv4 prefixes, on an IPv6 one for IPv6 prefixes) drops a busy prefix's
+ *     datagrams before they are queued, keeping each with the
  *     probability share / (its average), so the worker reads about its share and no more:
  *     reading a datagram only to drop it costs about a third of answering it, and a flood can
  *     outrun even that.  A prefix is busy when its average is over twice its share
@@ -280,12 +281,6 @@ shed_tick(Shedder *s, uint32_t now)
     s->busy_ns = 0;
 }
 
-/* What a prefix may ask in a window before user space sheds it: its share and a quarter, so
- * that a client asking about its share does not pay for the noise in its own count or in the
- * measured capacity.  Where the kernel filter holds the busy prefixes to their share, user
- * space only catches one the filter does not thin yet, over the filter's own threshold.  A
- * prefix whose average was within its share may burst to SHED_BURST shares: a resolver's
- * queries come in bursts, and an average within its share is not a flood. */
 /* Can the kernel filter thin this table key's prefix?  It is on the socket, and the prefix is
  * of the socket's family (an IPv4 key has the top bit set; an IPv6 socket's filter keeps the
  * IPv4 datagrams a dual-stack socket may get). */
@@ -295,6 +290,12 @@ filterable(const Shedder *s, uint64_t key)
     return s->map_fd >= 0 && (int)(key >> 63) != s->filter_ipv6;
 }
 
+/* What a prefix may ask in a window before user space sheds it: its share and a quarter, so
+ * that a client asking about its share does not pay for the noise in its own count or in the
+ * measured capacity.  Where the kernel filter holds the busy prefixes to their share, user
+ * space only catches one the filter does not thin yet, over the filter's own threshold.  A
+ * prefix whose average was within its share may burst to SHED_BURST shares: a resolver's
+ * queries come in bursts, and an average within its share is not a flood. */
 static inline uint64_t
 over_share(const Shedder *s, const struct shed_slot *slot)
 {
@@ -417,15 +418,17 @@ bpf_call(int cmd, union bpf_attr *attr)
 /* A filter program being put together: its instructions, and the jumps to its "keep" exit
  * (patched once that is placed). */
 struct filter_prog {
-    struct bpf_insn insn[64]; /* the longest (IPv6 over /64) has 49 */
-    int n;
-    int to_keep[4], n_to_keep;
+    struct bpf_insn insn[64]; /* the longest (IPv6, a prefix over /64) has 48 */
+    size_t n;
+    size_t to_keep[4], n_to_keep;
 };
 
 static void
 emit(struct filter_prog *p, struct bpf_insn insn)
 {
-    p->insn[p->n++] = insn;
+    if (p->n < sizeof p->insn / sizeof p->insn[0])
+        p->insn[p->n] = insn;
+    p->n++; /* past the end: filter_attach refuses the program (E2BIG) */
 }
 
 /* dst = a 64-bit constant (two instructions) */
@@ -529,7 +532,7 @@ filter_attach(int fd, int ipv6, int bits, int *count_out)
     emit(&p, INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_7, BPF_REG_0, 0, 0)); /* r7 = its keep threshold */
     emit(&p, INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_prandom_u32));
     emit(&p, INSN(BPF_JMP | BPF_JGE | BPF_X, BPF_REG_0, BPF_REG_7, 2, 0)); /* over it: drop */
-    for (int i = 0; i < p.n_to_keep; i++)
+    for (size_t i = 0; i < p.n_to_keep && p.n < sizeof p.insn / sizeof p.insn[0]; i++)
         p.insn[p.to_keep[i]].off = (int16_t)(p.n - p.to_keep[i] - 1);
     emit(&p, INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, -1));        /* keep (the whole datagram) */
     emit(&p, INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0));
@@ -544,6 +547,12 @@ filter_attach(int fd, int ipv6, int bits, int *count_out)
     emit(&p, INSN(BPF_STX | BPF_XADD | BPF_DW, BPF_REG_0, BPF_REG_1, 0, 0)); /* atomic add */
     emit(&p, INSN(BPF_ALU | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0));
     emit(&p, INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0));
+    if (p.n > sizeof p.insn / sizeof p.insn[0]) {
+        close(map_fd);
+        close(count_fd);
+        errno = E2BIG;
+        return -1;
+    }
     memset(&attr, 0, sizeof attr);
     attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
     attr.insns = (uint64_t)(uintptr_t)p.insn;
