@@ -59,8 +59,9 @@ test_junk_flood_legit_share
 test_ipv6_junk_flood_is_thinned_by_the_kernel_filter
     The same junk flood over IPv6 (500 sources, each in its own /56, fd00:<i>::1; floodgen
     flood6, a raw IPv6 socket) at the generator's highest rate against imrs with 1 worker on
-    [::1], while the legitimate client asks from ::1 as above, for one 4-second segment.  IPv6
-    has one loopback address, so this runs in a network namespace the test makes
+    [::1], while the legitimate client asks from ::1 as above during the middle 3 s of one
+    5-second segment (the server has seen no flood before it: the first second is the
+    shedder's, to measure).  IPv6 has one loopback address, so this runs in a network namespace the test makes
     (tests/flood/ipv6.py: its loopback up, fd00::1/16 on it, nothing else), where the
     answers to the flood's sources die on the loopback and cannot leave the machine.  The
     flood must outrun the worker (over twice what it read), the eBPF filter on the IPv6 socket
@@ -469,6 +470,10 @@ def test_junk_flood_legit_share(tmp_path, results):
 # --------------------------------------------------------------------------- junk flood over IPv6
 
 
+IPV6_FLOOD_SECONDS = 5.0  # one segment, from a server that has seen no flood yet:
+IPV6_MARGIN = 1.0  # ... the client asks during its middle 3 s, once the shedder has measured a second
+
+
 def test_ipv6_junk_flood_is_thinned_by_the_kernel_filter(tmp_path, results):
     """The junk flood over IPv6, from 500 /56s at the generator's highest rate, against imrs
     with one worker on [::1], in a network namespace of the test's own (tests/flood/ipv6.py:
@@ -477,7 +482,8 @@ def test_ipv6_junk_flood_is_thinned_by_the_kernel_filter(tmp_path, results):
     what drops the flood's excess (udp_filtered), as on IPv4."""
     _need_root()
     run = subprocess.run([sys.executable, "-m", "flood.ipv6", "--zone", str(ROOT_ZONE), "--workdir", str(tmp_path / "imrs6"),
-                          "--seconds", str(SEGMENT_SECONDS), "--sources", str(FLOOD_SOURCES), "--rate", str(LEGIT_RATE),
+                          "--seconds", str(IPV6_FLOOD_SECONDS), "--margin", str(IPV6_MARGIN),
+                          "--sources", str(FLOOD_SOURCES), "--rate", str(LEGIT_RATE),
                           "--source-ports", str(LEGIT_SOURCE_PORTS), "--server-cpu", str(SERVER_CPU),
                           "--gen-cpu", str(GEN_CPU)],
                          cwd=TESTS, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])},

@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zone", required=True)
     ap.add_argument("--workdir", required=True)
-    ap.add_argument("--seconds", type=float, default=4.0, help="the flood's length")
+    ap.add_argument("--seconds", type=float, default=5.0, help="the flood's length")
+    ap.add_argument("--margin", type=float, default=1.0,
+                    help="the client starts this long after the flood, and stops as long before its end")
     ap.add_argument("--sources", type=int, default=500)
     ap.add_argument("--rate", type=int, default=200, help="the legitimate client's q/s")
     ap.add_argument("--source-ports", type=int, default=4)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         gens = [Gen("flood6", host="::1", port=srv.port, duration=a.seconds, sources=a.sources, pool=16384,
                     cpu=a.gen_cpu, start_at=start_at),
                 Gen("legit", host="::1", source="::1", schedule=f"{srv.port}:0:{a.seconds}", rate=a.rate,
-                    source_ports=a.source_ports, cpu=a.gen_cpu, start_at=start_at, margin=0.5, deadline=1.0)]
+                    source_ports=a.source_ports, cpu=a.gen_cpu, start_at=start_at, margin=a.margin, deadline=1.0)]
         read0 = udp6_in()
         flood, legit = (g.result(a.seconds + 60) for g in gens)
         read = udp6_in() - read0
