@@ -360,7 +360,8 @@ _REFUSED_DESTINATION = r"""
 import ctypes, fcntl, json, os, socket, struct, sys, time
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
 if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
-    sys.exit(f"unshare: {os.strerror(ctypes.get_errno())}")
+    print(f"unshare: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
+    sys.exit(77)
 lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 fcntl.ioctl(lo, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x8 | 0x40))  # SIOCSIFFLAGS: up
 from imrs.answer import fastc
@@ -404,6 +405,8 @@ def test_an_answer_the_kernel_refuses_does_not_lose_the_rest_of_the_batch():
         pytest.skip("the C extension is not built")
     run = subprocess.run([sys.executable, "-c", _REFUSED_DESTINATION], env=imrs_env(), capture_output=True,
                          text=True, timeout=60, check=False)
+    if run.returncode == 77:
+        pytest.skip(f"no network namespace here: {run.stderr.strip()[-300:]}")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     expected = sorted(f"re:g{i}" for i in range(20))
