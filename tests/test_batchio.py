@@ -12,9 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from flood.floodgen import junk_payload
+from flood.ipv6 import NO_NAMESPACE
 from serverproc import ServerProc, imrs_env, query, root_subset, start_all
 
 from imrs.answer import fastc
@@ -357,13 +359,9 @@ def test_server_answers_the_same_with_and_without_batchio(tmp_path_factory):
 # IP_FREEBIND) and 20 from ::1, interleaved, and answers all 40 in one drain: the answers to
 # the first are refused (ENETUNREACH); the others must still go.
 _REFUSED_DESTINATION = r"""
-import ctypes, fcntl, json, os, socket, struct, sys, time
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
-if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
-    print(f"unshare: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
-    sys.exit(77)
-lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-fcntl.ioctl(lo, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x8 | 0x40))  # SIOCSIFFLAGS: up
+import json, socket, time
+from flood.ipv6 import enter_namespace
+enter_namespace(address=None)
 from imrs.answer import fastc
 from imrs.serve import batchio
 out = {}
@@ -403,9 +401,11 @@ def test_an_answer_the_kernel_refuses_does_not_lose_the_rest_of_the_batch():
         pytest.skip("needs root on Linux (a network namespace of its own)")
     if getattr(fastc._fastpath, "udp_drain", None) is None:
         pytest.skip("the C extension is not built")
-    run = subprocess.run([sys.executable, "-c", _REFUSED_DESTINATION], env=imrs_env(), capture_output=True,
+    env = imrs_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent), env["PYTHONPATH"]])  # flood.ipv6
+    run = subprocess.run([sys.executable, "-c", _REFUSED_DESTINATION], env=env, capture_output=True,
                          text=True, timeout=60, check=False)
-    if run.returncode == 77:
+    if run.returncode == NO_NAMESPACE:
         pytest.skip(f"no network namespace here: {run.stderr.strip()[-300:]}")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)

@@ -696,9 +696,9 @@ filter_entry(const Shedder *s)
     return heavy;
 }
 
-/* At the end of a window: the map gets each prefix of the socket's family whose average is over the new share
- * and over the entry bar (or was in the map already), with the probability that thins it to
- * the share (none without a share). */
+/* At the end of a window: the map gets each prefix of the socket's family whose average is
+ * over the new share and over the entry bar (or was in the map already), with the probability
+ * that thins it to the share (none without a share). */
 static void
 filter_update(Shedder *s)
 {

@@ -310,15 +310,20 @@ def segment_starts(t0: float, schedule: list[tuple[tuple[int, ...], int, float]]
     return starts
 
 
-def run_flood(a: argparse.Namespace) -> dict:
-    _check_dst(a.host)
-    schedule = parse_schedule(a)
-    rng = random.Random(a.seed)
+def _junk_names(a: argparse.Namespace) -> tuple[list[str], tuple[float, ...]]:
+    """The flood's real TLDs (--tlds, --tld-file) and its shares of name kinds (--mix)."""
     tlds = REAL_TLDS if not a.tlds else [t for t in a.tlds.split(",") if t]
     if a.tld_file:
         with open(a.tld_file) as fh:
             tlds = fh.read().split()
-    mix = tuple(float(x) for x in a.mix.split(","))
+    return tlds, tuple(float(x) for x in a.mix.split(","))
+
+
+def run_flood(a: argparse.Namespace) -> dict:
+    _check_dst(a.host)
+    schedule = parse_schedule(a)
+    rng = random.Random(a.seed)
+    tlds, mix = _junk_names(a)
     spoof = can_spoof() and not a.no_raw
     distinct = a.distinct_sources
     sources = spread_sources(a.sources) if not distinct else None
@@ -476,8 +481,7 @@ def run_flood6(a: argparse.Namespace) -> dict:
     if a.host != "::1":
         raise SystemExit(f"floodgen: refusing to send to {a.host!r}: ::1 only")
     rng = random.Random(a.seed)
-    tlds = REAL_TLDS if not a.tlds else [t for t in a.tlds.split(",") if t]
-    mix = tuple(float(x) for x in a.mix.split(","))
+    tlds, mix = _junk_names(a)
     sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
     sock.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE (root)
     count = a.pool

@@ -35,16 +35,19 @@ IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 NO_NAMESPACE = 77  # the exit status when the kernel refuses a network namespace (the test skips)
 
 
-def enter_namespace() -> None:
-    """This process into a new network namespace: its loopback up, fd00::1/16 on it."""
+def enter_namespace(address: str | None = "fd00::1") -> None:
+    """This process into a new network namespace: its loopback up, `address`/16 on it (None:
+    none, so that only ::1 and 127/8 have a route)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
         print(f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}", file=sys.stderr)
         sys.exit(NO_NAMESPACE)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
+    if address is None:
+        return
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:  # struct in6_ifreq: address, prefix length, ifindex
-        fcntl.ioctl(s, SIOCSIFADDR, socket.inet_pton(socket.AF_INET6, "fd00::1")
+        fcntl.ioctl(s, SIOCSIFADDR, socket.inet_pton(socket.AF_INET6, address)
                     + struct.pack("=Ii", 16, socket.if_nametoindex("lo")))
 
 
